@@ -1,0 +1,246 @@
+//! The command line: `serve`, `check-config`, `migrate`, `send`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{DEFAULT_DATABASE_URL, DatabaseSettings, EnvOverrides, LogFormat, LogSettings, Settings};
+use crate::inbound::schemes::Outgoing;
+use crate::inbound::{DeliveryIdRule, Source, SourceKind};
+use crate::startup::Application;
+use crate::store::Store;
+use crate::telemetry;
+
+#[derive(Parser)]
+#[command(name = "grantbridge", version, about = "Approved ServiceNow and Jira access requests, granted in Microsoft Entra.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: webhook intake, health and metrics.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file (secrets included) and exit 0, or print the first problem and exit 1.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Apply database migrations and exit (the database from --config, else GRANTBRIDGE_DATABASE_URL).
+    Migrate {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Sign a JSON payload exactly as a configured source would, and POST it: how to test a setup end to end.
+    Send {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        source: String,
+        #[arg(long, value_name = "EVENT.json")]
+        file: PathBuf,
+        /// Defaults to http://LISTEN/webhooks/SOURCE from the config.
+        #[arg(long)]
+        url: Option<String>,
+        /// PEM private key, for sources that verify RS256/ES256 JWTs.
+        #[arg(long, value_name = "PEM")]
+        signing_key: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => serve(&config).await.map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
+        Command::Send { config, source, file, url, signing_key } => {
+            send(&config, &source, &file, url.as_deref(), signing_key.as_deref()).await
+        }
+    }
+}
+
+async fn serve(config: &Path) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    telemetry::init(&settings.log);
+    let listen = settings.listen;
+    let database = settings.database.display_url();
+    let sources: Vec<String> = settings.sources.iter().map(|s| s.name().to_string()).collect();
+    let app = Application::build(settings).await?;
+    tracing::info!(%listen, port = app.port(), %database, ?sources, "grantbridge is listening");
+    let handle = app.handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing requests in flight");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    tracing::info!("grantbridge stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check_config(config: &Path) -> ExitCode {
+    match Settings::load(config) {
+        Ok(settings) => {
+            println!("{}: OK", config.display());
+            println!("  listen:   {}", settings.listen);
+            println!("  database: {}", settings.database.display_url());
+            for source in &settings.sources {
+                let schemes: Vec<&str> = source.schemes().iter().map(|s| s.name().as_str()).collect();
+                println!("  source {} ({}): {}", source.name(), source.kind().as_str(), schemes.join(", "));
+                if source.schemes().iter().any(|s| s.name().is_weak()) {
+                    println!(
+                        "  warning: source {} accepts a static shared secret, which does not sign the body",
+                        source.name()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
+    let (database, log) = match config {
+        Some(path) => {
+            let s = Settings::load(path)?;
+            (s.database, s.log)
+        }
+        None => {
+            let env = EnvOverrides::from_process();
+            let url = env.database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+            (DatabaseSettings::new(url), LogSettings { format: LogFormat::Auto, level: "info".into() })
+        }
+    };
+    telemetry::init(&log);
+    let store = Store::connect(&database)
+        .await
+        .with_context(|| format!("Failed to open the database {}", database.display_url()))?;
+    let applied = store.migrate().await.context("Failed to apply database migrations")?;
+    store.close().await;
+    if applied.is_empty() {
+        println!("{}: schema is up to date", database.display_url());
+    } else {
+        println!("{}: applied migrations {applied:?}", database.display_url());
+    }
+    Ok(())
+}
+
+async fn send(
+    config: &Path,
+    source_name: &str,
+    file: &Path,
+    url: Option<&str>,
+    signing_key: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let Some(source) = settings.source(source_name) else {
+        let names: Vec<&str> = settings.sources.iter().map(Source::name).collect();
+        bail!("no source named `{source_name}` in {} (configured: {})", config.display(), names.join(", "));
+    };
+    let body = std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
+    let private_key = signing_key
+        .map(|p| std::fs::read(p).with_context(|| format!("Failed to read the signing key {}", p.display())))
+        .transpose()?;
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => format!("http://{}/webhooks/{source_name}", settings.listen),
+    };
+    let parsed = reqwest::Url::parse(&url).with_context(|| format!("`{url}` is not a URL"))?;
+    let delivery_id = format!("gb-send-{}", uuid::Uuid::now_v7());
+    let outgoing = Outgoing {
+        method: "POST",
+        path: parsed.path(),
+        query: parsed.query().unwrap_or(""),
+        body: &body,
+        now: SystemTime::now(),
+        delivery_id: &delivery_id,
+        private_key_pem: private_key.as_deref(),
+    };
+    let mut headers = None;
+    let mut refusals = Vec::new();
+    for scheme in source.schemes() {
+        match scheme.sign(&outgoing) {
+            Ok(h) => {
+                headers = Some((scheme.name(), h));
+                break;
+            }
+            Err(e) => refusals.push(format!("{}: {e}", scheme.name().as_str())),
+        }
+    }
+    let Some((scheme, signed)) = headers else {
+        bail!("no scheme of source `{source_name}` can sign here: {}", refusals.join("; "));
+    };
+
+    let mut request = reqwest::Client::new()
+        .post(parsed)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    let id_header = match source.delivery_id_rule() {
+        DeliveryIdRule::Header(name) => Some(name.as_str()),
+        _ if source.kind() == SourceKind::Jira => Some("X-Atlassian-Webhook-Identifier"),
+        _ => None,
+    };
+    if let Some(name) = id_header {
+        request = request.header(name, &delivery_id);
+    }
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.with_context(|| format!("Failed to POST to {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    println!("POST {url} signed with {} -> {status}", scheme.as_str());
+    println!("{text}");
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,97 @@
+//! The one place where errors become HTTP answers: a stable machine code, a human message, nothing internal.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Seconds a sender should wait before retrying when we could not store its request.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is larger than this source accepts ({limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("no webhook source is configured under this name")]
+    UnknownSource,
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request could not be authenticated")]
+    Unauthenticated,
+    #[error("{0}")]
+    MalformedPayload(String),
+    #[error("the delivery id must be 1 to 256 visible ASCII characters")]
+    InvalidDeliveryId,
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    #[error("the event could not be stored; retry later")]
+    StoreUnavailable,
+    #[error("the store is not reachable")]
+    NotReady,
+    #[error("no such route")]
+    NotFound,
+    #[error("this method is not allowed here; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnknownSource => "unknown_source",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unauthenticated => "invalid_signature",
+            ApiError::MalformedPayload(_) => "malformed_payload",
+            ApiError::InvalidDeliveryId => "invalid_delivery_id",
+            ApiError::UnreadableBody => "unreadable_body",
+            ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::NotReady => "not_ready",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownSource | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::MalformedPayload(_) | ApiError::InvalidDeliveryId | ApiError::UnreadableBody => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::StoreUnavailable | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::StoreUnavailable | ApiError::NotReady => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+            }
+            ApiError::Unauthenticated => {
+                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Signature")));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+    }
+}

@@ -1,0 +1,57 @@
+//! HTTP surface: routes, shared state and the server's lifecycle.
+
+mod error;
+mod health;
+mod webhooks;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+pub use error::ApiError;
+
+use crate::inbound::Source;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct AppState {
+    pub sources: HashMap<String, Arc<Source>>,
+    /// The largest body any source accepts: a declared length above it is refused before the source lookup.
+    pub max_body_bytes: usize,
+    pub intake: Intake,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks/{source}")
+            .route(web::post().to(webhooks::receive))
+            .default_service(web::to(webhooks::method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+/// Builds the server on an already bound listener (tests bind port 0). Signals are handled by the caller.
+pub fn server(listener: TcpListener, state: AppState, workers: Option<usize>) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .disable_signals()
+        .shutdown_timeout(30)
+        .listen(listener)?;
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server.run())
+}

@@ -1,0 +1,11 @@
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod inbound;
+pub mod intake;
+pub mod metrics;
+pub mod secret;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,120 @@
+//! Prometheus metrics, rendered as text on `/metrics`. A handful of series does not need a metrics crate.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Label value for requests whose source is not configured: attacker-chosen paths never become labels.
+pub const UNKNOWN_SOURCE: &str = "(unknown)";
+
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    verification_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
+    duration: Histogram,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record_request(&self, source: &str, outcome: &'static str, elapsed: Duration) {
+        bump(&self.requests, source, outcome);
+        let secs = elapsed.as_secs_f64();
+        for (bound, counter) in BUCKETS.iter().zip(&self.duration.buckets) {
+            if secs <= *bound {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.duration.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.duration.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn record_verification_failure(&self, source: &str, reason: &'static str) {
+        bump(&self.verification_failures, source, reason);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        render_counter(
+            &mut out,
+            "grantbridge_webhook_requests_total",
+            "Webhook requests by source and outcome.",
+            "outcome",
+            &self.requests,
+        );
+        render_counter(
+            &mut out,
+            "grantbridge_webhook_verification_failures_total",
+            "Webhook requests refused by signature verification, by source and reason.",
+            "reason",
+            &self.verification_failures,
+        );
+        let name = "grantbridge_webhook_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, counter) in BUCKETS.iter().zip(&self.duration.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", counter.load(Ordering::Relaxed));
+        }
+        let count = self.duration.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = Duration::from_nanos(self.duration.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+fn bump(map: &Mutex<BTreeMap<(String, &'static str), u64>>, source: &str, label: &'static str) {
+    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match map.get_mut(&(source.to_string(), label)) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert((source.to_string(), label), 1);
+        }
+    }
+}
+
+fn render_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &Mutex<BTreeMap<(String, &'static str), u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for ((source, value), n) in map.iter() {
+        // Source names are validated to [a-z0-9_-] at load; nothing here needs escaping.
+        let _ = writeln!(out, "{name}{{source=\"{source}\",{label}=\"{value}\"}} {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_histogram() {
+        let m = Metrics::default();
+        m.record_request("jira", "accepted", Duration::from_millis(2));
+        m.record_request("jira", "accepted", Duration::from_millis(30));
+        m.record_verification_failure("jira", "signature_mismatch");
+        let text = m.render();
+        assert!(text.contains("grantbridge_webhook_requests_total{source=\"jira\",outcome=\"accepted\"} 2"), "{text}");
+        assert!(text.contains("reason=\"signature_mismatch\"} 1"), "{text}");
+        assert!(text.contains("duration_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
+        assert!(text.contains("duration_seconds_bucket{le=\"0.05\"} 2"), "{text}");
+        assert!(text.contains("duration_seconds_count 2"), "{text}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Wiring: store, intake writer and HTTP server built from `Settings`, run until stopped, then drained.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::inbound::Source;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    intake_writer: JoinHandle<()>,
+    store: Store,
+}
+
+impl Application {
+    /// Connects to the database, applies migrations and binds the listen address.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.database)
+            .await
+            .with_context(|| format!("Failed to open the database {}", settings.database.display_url()))?;
+        let applied = store.migrate().await.context("Failed to apply database migrations")?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, backend = store.backend(), "database migrations applied");
+        }
+        Self::build_with_store(settings, store)
+    }
+
+    pub fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("Failed to listen on {}", settings.listen))?;
+        let port = listener.local_addr().context("Failed to read the bound address")?.port();
+        let (intake, intake_writer) = Intake::start(store.clone(), &settings.intake);
+        let max_body_bytes = settings.sources.iter().map(|s| s.max_body_bytes()).max().unwrap_or(0);
+        for source in &settings.sources {
+            if source.schemes().iter().all(|s| s.name().is_weak()) {
+                tracing::warn!(source = source.name(), "source accepts a static shared secret only: the body is not signed");
+            }
+        }
+        let sources: HashMap<String, Arc<Source>> =
+            settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
+        let state = AppState { sources, max_body_bytes, intake, store: store.clone(), metrics: Arc::new(Metrics::default()) };
+        let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
+        Ok(Application { port, server, intake_writer, store })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the handle stops the server, then lets the intake writer finish what it holds.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("The HTTP server failed")?;
+        if tokio::time::timeout(Duration::from_secs(30), self.intake_writer).await.is_err() {
+            tracing::warn!("the intake writer did not finish within 30 s of shutdown");
+        }
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+

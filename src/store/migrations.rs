@@ -1,0 +1,19 @@
+//! Schema migrations, one list per backend, embedded in the binary and applied in order, each in a transaction.
+
+pub(super) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(super) const SQLITE: &[Migration] =
+    &[Migration { version: 1, name: "events", sql: include_str!("../../migrations/sqlite/0001_events.sql") }];
+
+pub(super) const POSTGRES: &[Migration] =
+    &[Migration { version: 1, name: "events", sql: include_str!("../../migrations/postgres/0001_events.sql") }];
+
+pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version BIGINT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    applied_at_ms BIGINT NOT NULL
+)";

@@ -1,0 +1,226 @@
+//! Durable storage: SQLite (embedded default) or PostgreSQL (several replicas), chosen by the database URL.
+//!
+//! Both backends run the same SQL where the dialects agree (sqlx's SQLite driver accepts `$N` placeholders),
+//! so behaviour cannot drift between them; `on_pool!` expands one body for each.
+
+mod migrations;
+
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::DatabaseSettings;
+use crate::domain::{EventId, IncomingEvent};
+use crate::inbound::unix_millis;
+
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database cannot be reached or written")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("the database holds schema version {found}, newer than this binary knows ({known}); upgrade grantbridge")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("the database holds a row this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// What happened to one event handed to `insert_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Accepted(EventId),
+    /// Already stored under this id (same source and delivery id, or same body when there is no id).
+    Duplicate(EventId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub source: String,
+    pub dedup_key: String,
+    pub delivery_id: Option<String>,
+    pub scheme: String,
+    pub body_sha256: String,
+    pub body: String,
+    pub meta: String,
+    pub received_at_ms: i64,
+    pub state: String,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool and `$begin` to its write-transaction statement.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident, $begin:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => {
+                // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a failed upgrade.
+                let $begin = "BEGIN IMMEDIATE";
+                $body
+            }
+            Store::Postgres($pool) => {
+                let $begin = "BEGIN";
+                $body
+            }
+        }
+    };
+}
+
+impl Store {
+    pub async fn connect(db: &DatabaseSettings) -> Result<Store, StoreError> {
+        if db.url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(&db.url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on disk before we acknowledge, even across power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(db.busy_timeout)
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(db.max_connections)
+                .acquire_timeout(db.busy_timeout.max(std::time::Duration::from_secs(1)))
+                .connect_with(options)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            let mut options = PgConnectOptions::from_str(&db.url)?.application_name("grantbridge");
+            if let Some(password) = &db.password {
+                options = options.password(password.expose());
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(db.max_connections)
+                .acquire_timeout(db.busy_timeout.max(std::time::Duration::from_secs(1)))
+                .connect_with(options)
+                .await?;
+            Ok(Store::Postgres(pool))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the migrations this database has not seen yet; returns their versions.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let list = match self {
+            Store::Sqlite(_) => migrations::SQLITE,
+            Store::Postgres(_) => migrations::POSTGRES,
+        };
+        let known = list.last().map_or(0, |m| m.version);
+        on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            if let Store::Postgres(_) = self {
+                // Replicas starting together: one migrates, the others wait and then find nothing to do.
+                sqlx::query("SELECT pg_advisory_xact_lock(7342016331)").execute(&mut *tx).await?;
+            }
+            sqlx::raw_sql(migrations::CREATE_TABLE).execute(&mut *tx).await?;
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&mut *tx).await?;
+            let current = current.unwrap_or(0);
+            if current > known {
+                return Err(StoreError::SchemaTooNew { found: current, known });
+            }
+            let mut applied = Vec::new();
+            for m in list.iter().filter(|m| m.version > current) {
+                sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(unix_millis(SystemTime::now()))
+                    .execute(&mut *tx)
+                    .await?;
+                applied.push(m.version);
+            }
+            tx.commit().await?;
+            Ok(applied)
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool, _begin| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Stores a batch of events in one transaction (one commit, one fsync), de-duplicating each on
+    /// (source, dedup_key). Either every event of the batch is durable or none is.
+    pub async fn insert_events(&self, events: &[&IncomingEvent]) -> Result<Vec<Inserted>, StoreError> {
+        on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            let mut outcomes = Vec::with_capacity(events.len());
+            for e in events {
+                let inserted: Option<String> = sqlx::query_scalar(
+                    "INSERT INTO events (id, source, dedup_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (source, dedup_key) DO NOTHING
+                     RETURNING id",
+                )
+                .bind(e.id.to_string())
+                .bind(&e.source)
+                .bind(&e.dedup_key)
+                .bind(&e.delivery_id)
+                .bind(e.scheme)
+                .bind(&e.body_sha256)
+                .bind(&e.body)
+                .bind(&e.meta)
+                .bind(e.received_at_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let outcome = match inserted {
+                    Some(_) => Inserted::Accepted(e.id),
+                    None => {
+                        let existing: String =
+                            sqlx::query_scalar("SELECT id FROM events WHERE source = $1 AND dedup_key = $2")
+                                .bind(&e.source)
+                                .bind(&e.dedup_key)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        Inserted::Duplicate(parse_event_id(&existing)?)
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            tx.commit().await?;
+            Ok(outcomes)
+        })
+    }
+
+    pub async fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        type Row = (String, String, String, Option<String>, String, String, String, String, i64, String);
+        let row: Option<Row> = on_pool!(self, |pool, _begin| {
+            sqlx::query_as(
+                "SELECT id, source, dedup_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms, state
+                 FROM events WHERE id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row.map(|(id, source, dedup_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms, state)| {
+            StoredEvent { id, source, dedup_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms, state }
+        }))
+    }
+
+    pub async fn count_events(&self) -> Result<i64, StoreError> {
+        on_pool!(self, |pool, _begin| {
+            Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events").fetch_one(pool).await?)
+        })
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |pool, _begin| pool.close().await)
+    }
+}
+
+fn parse_event_id(s: &str) -> Result<EventId, StoreError> {
+    EventId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("event id `{s}` is not a UUID")))
+}

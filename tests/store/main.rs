@@ -1,0 +1,146 @@
+//! The storage contract, run unchanged against SQLite and PostgreSQL.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::time::SystemTime;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use common::{Backend, TestDb, TempDir};
+use grantbridge::config::{EnvOverrides, Settings};
+use grantbridge::domain::IncomingEvent;
+use grantbridge::inbound::schemes::RawRequest;
+use grantbridge::store::{Inserted, Store, StoreError};
+
+/// Events can only be made by verifying a request, so the tests do exactly that, with a static-secret source.
+struct Maker {
+    settings: Settings,
+    _dir: TempDir,
+}
+
+impl Maker {
+    fn new() -> Maker {
+        let dir = TempDir::new();
+        let secret = dir.write("token", "store-test-token");
+        let text = format!(
+            "[sources.src]\nkind = \"jira\"\n[[sources.src.verify]]\nscheme = \"shared_secret_header\"\nheader = \"X-Token\"\nsecrets = [{{ file = \"{}\" }}]\n",
+            secret.display()
+        );
+        Maker { settings: Settings::parse(&text, "store.toml", &EnvOverrides::none()).unwrap(), _dir: dir }
+    }
+
+    fn event(&self, delivery: Option<&str>, body: &str) -> IncomingEvent {
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("x-token"), HeaderValue::from_static("store-test-token"));
+        if let Some(id) = delivery {
+            headers.insert(HeaderName::from_static("x-atlassian-webhook-identifier"), HeaderValue::from_str(id).unwrap());
+        }
+        let request = RawRequest { method: "POST", path: "/webhooks/src", query: "", headers: &headers, body: body.as_bytes() };
+        let source = self.settings.source("src").unwrap();
+        source.verify(request, SystemTime::now()).unwrap().parse(SystemTime::now()).unwrap()
+    }
+}
+
+both_backends! {
+    async fn migrations_are_idempotent(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new(), "a second run applies nothing");
+        assert_eq!(store.count_events().await.unwrap(), 0);
+    }
+}
+
+both_backends! {
+    async fn a_batch_is_stored_and_read_back_exactly(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let a = maker.event(Some("d-1"), r#"{"n": 1, "text": "caf\u00e9 \u2603"}"#);
+        let b = maker.event(None, r#"{"n": 2}"#);
+        let outcomes = store.insert_events(&[&a, &b]).await.unwrap();
+        assert_eq!(outcomes, vec![Inserted::Accepted(a.id()), Inserted::Accepted(b.id())]);
+        let stored = store.event(a.id()).await.unwrap().unwrap();
+        assert_eq!(stored.body, a.body());
+        assert_eq!(stored.delivery_id.as_deref(), Some("d-1"));
+        assert_eq!(stored.dedup_key, "id:d-1");
+        assert_eq!(stored.received_at_ms, a.received_at_ms());
+        assert_eq!(stored.state, "received");
+        let stored_b = store.event(b.id()).await.unwrap().unwrap();
+        assert!(stored_b.dedup_key.starts_with("sha256:"), "no delivery id: keyed by the body hash");
+        assert_eq!(store.count_events().await.unwrap(), 2);
+    }
+}
+
+both_backends! {
+    async fn duplicates_inside_and_across_batches_name_the_first_event(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let first = maker.event(Some("same"), r#"{"n": 1}"#);
+        let again = maker.event(Some("same"), r#"{"n": 1, "retry": true}"#);
+        let other = maker.event(Some("other"), r#"{"n": 3}"#);
+        let outcomes = store.insert_events(&[&first, &again, &other]).await.unwrap();
+        assert_eq!(
+            outcomes,
+            vec![Inserted::Accepted(first.id()), Inserted::Duplicate(first.id()), Inserted::Accepted(other.id())]
+        );
+        let later = maker.event(Some("same"), r#"{"n": 9}"#);
+        assert_eq!(store.insert_events(&[&later]).await.unwrap(), vec![Inserted::Duplicate(first.id())]);
+        assert!(store.event(later.id()).await.unwrap().is_none());
+        assert_eq!(store.count_events().await.unwrap(), 2);
+    }
+}
+
+both_backends! {
+    async fn concurrent_writers_never_store_a_duplicate(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let stores = [db.store().await, db.store().await, db.store().await];
+        let maker = Maker::new();
+        let events: Vec<IncomingEvent> = (0..3).map(|_| maker.event(Some("contended"), r#"{"x": 1}"#)).collect();
+        let batches: Vec<[&IncomingEvent; 1]> = events.iter().map(|e| [e]).collect();
+        let (a, b, c) = tokio::join!(
+            stores[0].insert_events(&batches[0]),
+            stores[1].insert_events(&batches[1]),
+            stores[2].insert_events(&batches[2]),
+        );
+        let outcomes: Vec<Inserted> = [a, b, c].into_iter().flat_map(|r| r.unwrap()).collect();
+        let accepted = outcomes.iter().filter(|o| matches!(o, Inserted::Accepted(_))).count();
+        assert_eq!(accepted, 1, "{outcomes:?}");
+        assert_eq!(stores[0].count_events().await.unwrap(), 1);
+    }
+}
+
+both_backends! {
+    async fn a_newer_schema_is_refused(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        match &store {
+            Store::Sqlite(pool) => {
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            Store::Postgres(pool) => {
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        match store.migrate().await {
+            Err(StoreError::SchemaTooNew { found: 999, .. }) => {}
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sqlite_is_in_wal_mode_with_full_sync() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let Store::Sqlite(pool) = db.store().await else { unreachable!() };
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&pool).await.unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(sync, 2, "synchronous=FULL: acknowledged events survive power loss");
+}
