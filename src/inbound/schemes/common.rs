@@ -361,7 +361,7 @@ mod tests {
             ),
         ];
         for (name, table) in tables {
-            let config: SchemeConfig = toml::from_str(&table).unwrap_or_else(|e| panic!("{table}\n{e}"));
+            let config: SchemeConfig = toml::from_str(&table).map_err(|e| format!("{table}\n{e}")).unwrap();
             assert_eq!(config.build("src").unwrap().name(), name);
             assert!(toml::from_str::<SchemeConfig>(&format!("{table}\nunknown = 1")).is_err(), "{table}");
         }

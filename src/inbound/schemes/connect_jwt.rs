@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode_header, encode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::common::{OneOrMore, credentials, decode_with_any, header, resolve_secrets};
+use super::common::{Claims, OneOrMore, credentials, decode_with_any, header, resolve_secrets};
 use super::{Outgoing, Proof, RawRequest, Rejection, SchemeName, SignError, SignedHeaders, unix_seconds};
 use crate::config::ConfigError;
 use crate::secret::{Secret, SecretRef};
@@ -88,7 +88,7 @@ impl ConnectJwtScheme {
     pub fn sign(&self, out: &Outgoing<'_>) -> Result<SignedHeaders, SignError> {
         let now = unix_seconds(out.now);
         let qsh = query_string_hash(out.method, self.relative_path(out.path), out.query);
-        let mut claims = Map::new();
+        let mut claims = Claims::new();
         claims.insert("iss".into(), self.client_key.clone().into());
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), now.saturating_add(LIFETIME_SECS).into());
@@ -224,6 +224,22 @@ mod tests {
         assert_eq!(
             canonical_request("GET", "/path/to/service", query),
             "GET&/path/to/service&first=param&repeated=parameter%201,parameter%202&zee_last=param"
+        );
+    }
+
+    #[test]
+    fn agrees_with_the_atlassian_jwt_python_package() {
+        // Expected values computed with `atlassian_jwt.url_utils` 3.0.0 (PyPI), an implementation nobody here wrote.
+        let query =
+            "expand=names,renderedFields&fields=*all&jwt=x&b=%7Efoo+bar&a=2&a=10&a=1&%C3%A9t%C3%A9=%E2%9C%93&Z=(x)&e=";
+        assert_eq!(
+            canonical_request("post", "/rest/api/2/issue/", query),
+            "POST&/rest/api/2/issue&%C3%A9t%C3%A9=%E2%9C%93&Z=%28x%29&a=1,10,2&b=~foo%20bar&e=\
+             &expand=names%2CrenderedFields&fields=%2Aall"
+        );
+        assert_eq!(
+            query_string_hash("post", "/rest/api/2/issue/", query),
+            "4f647d9d893a0e15eec0c6cf6b7ec62adee14694d621e8a9497ba69f08923375"
         );
     }
 

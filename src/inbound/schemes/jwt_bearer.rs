@@ -10,10 +10,10 @@ use std::time::SystemTime;
 use jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, EncodingKey, Header, Validation, decode_header, encode};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::common::{OneOrMore, check_header_name, credentials, decode_with_any, header};
+use super::common::{Claims, OneOrMore, check_header_name, credentials, decode_with_any, header};
 use super::{Outgoing, Proof, RawRequest, Rejection, SchemeName, SignError, SignedHeaders, unix_seconds};
 use crate::config::ConfigError;
 use crate::secret::{Secret, SecretRef};
@@ -211,25 +211,24 @@ impl JwtBearerScheme {
         let claims = self.claims(out);
         let token = match out.private_key_pem {
             Some(pem) => self.sign_with_private_key(&claims, pem)?,
-            None => {
-                let (key, secret) = self
-                    .keys
-                    .iter()
-                    .find_map(|key| key.secret.as_ref().map(|secret| (key, secret)))
-                    .ok_or_else(|| {
-                        SignError::Unsupported(
-                            "this source has only RS256/ES256 keys: signing needs --signing-key with the private key (PEM)"
-                                .to_owned(),
-                        )
-                    })?;
-                encode(&token_header(key), &claims, &EncodingKey::from_secret(secret.expose_bytes()))
-                    .map_err(|e| SignError::Failed(e.to_string()))?
-            }
+            None => self.sign_with_secret(&claims)?,
         };
         Ok(vec![(self.header.clone(), format!("{AUTH_SCHEME} {token}"))])
     }
 
-    fn sign_with_private_key(&self, claims: &Map<String, Value>, pem: &[u8]) -> Result<String, SignError> {
+    fn sign_with_secret(&self, claims: &Claims) -> Result<String, SignError> {
+        let Some((key, secret)) = self.keys.iter().find_map(|key| key.secret.as_ref().map(|secret| (key, secret)))
+        else {
+            return Err(SignError::Unsupported(
+                "this source has only RS256/ES256 keys: signing needs --signing-key with the private key (PEM)"
+                    .to_owned(),
+            ));
+        };
+        encode(&token_header(key), claims, &EncodingKey::from_secret(secret.expose_bytes()))
+            .map_err(|e| SignError::Failed(e.to_string()))
+    }
+
+    fn sign_with_private_key(&self, claims: &Claims, pem: &[u8]) -> Result<String, SignError> {
         let mut asymmetric = self.keys.iter().filter(|key| key.secret.is_none()).peekable();
         if asymmetric.peek().is_none() {
             return Err(SignError::Unsupported(
@@ -255,9 +254,9 @@ impl JwtBearerScheme {
         ))
     }
 
-    fn claims(&self, out: &Outgoing<'_>) -> Map<String, Value> {
+    fn claims(&self, out: &Outgoing<'_>) -> Claims {
         let now = unix_seconds(out.now);
-        let mut claims = Map::new();
+        let mut claims = Claims::new();
         claims.insert("iss".into(), self.issuer.clone().into());
         claims.insert("aud".into(), self.audience.clone().into());
         claims.insert("iat".into(), now.into());

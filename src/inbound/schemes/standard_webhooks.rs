@@ -114,6 +114,16 @@ mod tests {
     }
 
     #[test]
+    fn agrees_with_the_standardwebhooks_python_package() {
+        // `Webhook(SECRET).sign("msg_2", 1700000000, '{"a":"é"}')` with `standardwebhooks` 1.1.0 (PyPI).
+        let s = scheme(&[SECRET]);
+        let mut out = outgoing("{\"a\":\"é\"}".as_bytes(), at(1_700_000_000));
+        out.delivery_id = "msg_2";
+        let expected = "v1,B+bOh3psNk00nPHQuBusSRDthL0iupORt9wgIafc17c=";
+        assert_eq!(s.sign(&out)[2].1, expected);
+    }
+
+    #[test]
     fn a_secret_without_prefix_is_base64_as_is() {
         let s = scheme(&["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
         assert!(s.verify(&vector_request(SIGNATURE).raw(), at(TIMESTAMP)).is_ok());
