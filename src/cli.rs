@@ -15,7 +15,11 @@ use crate::store::Store;
 use crate::telemetry;
 
 #[derive(Parser)]
-#[command(name = "grantbridge", version, about = "Approved ServiceNow and Jira access requests, granted in Microsoft Entra.")]
+#[command(
+    name = "grantbridge",
+    version,
+    about = "Approved ServiceNow and Jira access requests, granted in Microsoft Entra."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -222,10 +226,8 @@ async fn send(
         bail!("no scheme of source `{source_name}` can sign here: {}", refusals.join("; "));
     };
 
-    let mut request = reqwest::Client::new()
-        .post(parsed)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
+    let mut request =
+        reqwest::Client::new().post(parsed).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
     let id_header = match source.delivery_id_rule() {
         DeliveryIdRule::Header(name) => Some(name.as_str()),
         _ if source.kind() == SourceKind::Jira => Some("X-Atlassian-Webhook-Identifier"),

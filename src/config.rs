@@ -255,7 +255,10 @@ impl Settings {
                 None => DeliveryIdRule::Auto,
                 Some(RawDeliveryId { header: Some(h), field: None }) => {
                     actix_web::http::header::HeaderName::try_from(h.as_str()).map_err(|_| {
-                        ConfigError::at(here(span.clone(), &format!("{key}.delivery_id.header")), "not a valid header name")
+                        ConfigError::at(
+                            here(span.clone(), &format!("{key}.delivery_id.header")),
+                            "not a valid header name",
+                        )
                     })?;
                     DeliveryIdRule::Header(h)
                 }

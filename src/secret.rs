@@ -3,8 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::config::ConfigError;
 
@@ -43,9 +43,8 @@ impl SecretRef {
     /// Reads the secret. `at` names the config key in errors; the value is never part of an error.
     pub fn resolve(&self, at: &str) -> Result<Secret, ConfigError> {
         let value = match self {
-            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-                ConfigError::at(at, format!("environment variable {name} is not set (or not UTF-8)"))
-            })?,
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| ConfigError::at(at, format!("environment variable {name} is not set (or not UTF-8)")))?,
             SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::at(at, format!("cannot read secret file {}: {}", path.display(), e.kind()))
             })?,
@@ -133,7 +132,7 @@ mod tests {
 
     #[test]
     fn literal_secrets_and_unknown_keys_are_refused_without_echoing_the_value() {
-        let err = toml::from_str::<Holder>(r#"secret = "hunter2-literal""#).unwrap_err().to_string();
+        let err = toml::from_str::<Holder>(r#"secret = "hunter2-literal""#).unwrap_err().message().to_string();
         assert!(err.contains("by reference"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         let err = toml::from_str::<Holder>(r#"secret = { value = "x" }"#).unwrap_err().to_string();

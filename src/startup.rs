@@ -37,19 +37,23 @@ impl Application {
     }
 
     pub fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("Failed to listen on {}", settings.listen))?;
+        let listener =
+            TcpListener::bind(settings.listen).with_context(|| format!("Failed to listen on {}", settings.listen))?;
         let port = listener.local_addr().context("Failed to read the bound address")?.port();
         let (intake, intake_writer) = Intake::start(store.clone(), &settings.intake);
         let max_body_bytes = settings.sources.iter().map(|s| s.max_body_bytes()).max().unwrap_or(0);
         for source in &settings.sources {
             if source.schemes().iter().all(|s| s.name().is_weak()) {
-                tracing::warn!(source = source.name(), "source accepts a static shared secret only: the body is not signed");
+                tracing::warn!(
+                    source = source.name(),
+                    "source accepts a static shared secret only: the body is not signed"
+                );
             }
         }
         let sources: HashMap<String, Arc<Source>> =
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
-        let state = AppState { sources, max_body_bytes, intake, store: store.clone(), metrics: Arc::new(Metrics::default()) };
+        let state =
+            AppState { sources, max_body_bytes, intake, store: store.clone(), metrics: Arc::new(Metrics::default()) };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
         Ok(Application { port, server, intake_writer, store })
     }
@@ -72,5 +76,3 @@ impl Application {
         Ok(())
     }
 }
-
-

@@ -20,9 +20,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(ContentType(mime_text_plain_prometheus()))
-        .body(state.metrics.render())
+    HttpResponse::Ok().insert_header(ContentType(mime_text_plain_prometheus())).body(state.metrics.render())
 }
 
 fn mime_text_plain_prometheus() -> actix_web::mime::Mime {

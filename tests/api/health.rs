@@ -21,19 +21,14 @@ both_backends! {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 #[tokio::test]
 async fn metrics_count_outcomes_and_verification_failures_by_reason() {
     let app = spawn_app(Backend::Sqlite).await;
     let body = r#"{"webhookEvent":"jira:issue_updated"}"#;
-    let good = [
-        ("Content-Type", "application/json"),
-        ("X-Atlassian-Webhook-Identifier", "m-1"),
-    ];
+    let good = [("Content-Type", "application/json"), ("X-Atlassian-Webhook-Identifier", "m-1")];
     let signature = sign::hub_signature(JIRA_SECRET, body.as_bytes());
     let mut headers = good.to_vec();
     headers.push(("X-Hub-Signature", &signature));

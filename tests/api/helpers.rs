@@ -32,7 +32,12 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
-    pub async fn post(&self, source: &str, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        source: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         let mut request = self.client.post(self.url(&format!("/webhooks/{source}"))).body(body);
         for (name, value) in headers {
             request = request.header(*name, *value);

@@ -54,11 +54,13 @@ async fn postgres_unreachable_answers_503_and_recovers() {
     let name = app.db.db_name();
     let block = format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false");
     sqlx::query(sqlx::AssertSqlSafe(block)).execute(&admin).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-        .bind(&name)
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .execute(&admin)
+    .await
+    .unwrap();
 
     assert_refused(send(&app, "pg-down-1").await).await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();

@@ -7,6 +7,8 @@ use crate::common::sign::{self, now};
 use crate::common::{Backend, fixture};
 use crate::helpers::*;
 
+type Headers = Vec<(String, String)>;
+
 const JIRA_EVENT: &str = r#"{"timestamp":1606480436302,"webhookEvent":"jira:issue_updated","issue":{"id":"99291","key":"JRA-20002"},"changelog":{"id":10124,"items":[{"field":"status","fromString":"Waiting for approval","toString":"Approved"}]}}"#;
 const SN_EVENT: &str = r#"{"table":"sc_req_item","sys_id":"9d385017c611228701d22104cc95c371","number":"RITM0010001","approval":"approved"}"#;
 
@@ -56,7 +58,12 @@ fn connect_token(secret: &str, qsh: &str) -> Vec<(String, String)> {
     vec![("Content-Type".into(), "application/json".into()), ("Authorization".into(), format!("JWT {token}"))]
 }
 
-async fn post(app: &TestApp, source: &str, headers: &[(String, String)], body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn post(
+    app: &TestApp,
+    source: &str,
+    headers: &[(String, String)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
     let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     app.post(source, &refs, body).await
 }
@@ -109,7 +116,12 @@ async fn standard_webhooks_published_vector_is_accepted() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "accepted");
-    let stored = app.store.event(grantbridge::domain::EventId::parse(body["event_id"].as_str().unwrap()).unwrap()).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .event(grantbridge::domain::EventId::parse(body["event_id"].as_str().unwrap()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.delivery_id.as_deref(), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"));
     assert_eq!(stored.scheme, "standard_webhooks");
     assert_eq!(stored.body, r#"{"test": 2432232314}"#);
@@ -127,7 +139,7 @@ both_backends! {
             ("X-Hub-Signature".to_string(), sign::hub_signature(JIRA_SECRET_NEXT, JIRA_EVENT.as_bytes())),
             ("X-Atlassian-Webhook-Identifier".to_string(), "rotated-1".to_string()),
         ];
-        let cases: Vec<(&str, &str, Vec<(String, String)>, String)> = vec![
+        let cases: Vec<(&str, &str, Headers, String)> = vec![
             ("jira", "jira_hub_signature", jira_headers(JIRA_EVENT.as_bytes(), "d-1"), JIRA_EVENT.into()),
             ("jira", "jira_hub_signature", next_secret, JIRA_EVENT.into()),
             ("servicenow", "hmac_sha256", sn_headers(sn_body, now()), SN_EVENT.into()),
@@ -165,7 +177,14 @@ struct Bad {
     code: &'static str,
 }
 
-fn bad(what: &'static str, source: &'static str, headers: Vec<(String, String)>, body: impl Into<Vec<u8>>, status: StatusCode, code: &'static str) -> Bad {
+fn bad(
+    what: &'static str,
+    source: &'static str,
+    headers: Vec<(String, String)>,
+    body: impl Into<Vec<u8>>,
+    status: StatusCode,
+    code: &'static str,
+) -> Bad {
     Bad { what, source, headers, body: body.into(), status, code }
 }
 
@@ -202,48 +221,293 @@ fn bad_requests() -> Vec<Bad> {
     future_nbf["nbf"] = json!(now() + 600);
     let good_qsh = sign::connect_qsh("POST", "/webhooks/connect");
     vec![
-        bad("missing signature", "jira", without(ok_jira.clone(), "X-Hub-Signature"), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("garbled signature", "jira", with(ok_jira.clone(), "X-Hub-Signature", "sha256=not-hex-at-all"), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("truncated signature", "jira", with(ok_jira.clone(), "X-Hub-Signature", &sig[..sig.len() - 2]), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("signature without method", "jira", with(ok_jira.clone(), "X-Hub-Signature", &sig[7..]), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("unsupported method sha1", "jira", with(ok_jira.clone(), "X-Hub-Signature", &sig.replace("sha256=", "sha1=")), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("wrong secret", "jira", with(ok_jira.clone(), "X-Hub-Signature", &sign::hub_signature("guess", &body)), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("rotated-out secret", "jira", with(ok_jira.clone(), "X-Hub-Signature", &sign::hub_signature(JIRA_SECRET_RETIRED, &body)), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("body changed by one byte", "jira", ok_jira.clone(), one_byte_changed, S::UNAUTHORIZED, "invalid_signature"),
+        bad(
+            "missing signature",
+            "jira",
+            without(ok_jira.clone(), "X-Hub-Signature"),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "garbled signature",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", "sha256=not-hex-at-all"),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "truncated signature",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", &sig[..sig.len() - 2]),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "signature without method",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", &sig[7..]),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "unsupported method sha1",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", &sig.replace("sha256=", "sha1=")),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "wrong secret",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", &sign::hub_signature("guess", &body)),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "rotated-out secret",
+            "jira",
+            with(ok_jira.clone(), "X-Hub-Signature", &sign::hub_signature(JIRA_SECRET_RETIRED, &body)),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "body changed by one byte",
+            "jira",
+            ok_jira.clone(),
+            one_byte_changed,
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
         bad("oversized body", "jira", signed(&oversized), oversized.clone(), S::PAYLOAD_TOO_LARGE, "payload_too_large"),
         bad("invalid UTF-8", "jira", signed(&invalid_utf8), invalid_utf8.clone(), S::BAD_REQUEST, "malformed_payload"),
-        bad("deeply nested JSON", "servicenow", sn_headers(&deep, t), deep.clone(), S::BAD_REQUEST, "malformed_payload"),
-        bad("deeply nested JSON inside an object", "jira", signed(&deep_object), deep_object.clone(), S::BAD_REQUEST, "malformed_payload"),
+        bad(
+            "deeply nested JSON",
+            "servicenow",
+            sn_headers(&deep, t),
+            deep.clone(),
+            S::BAD_REQUEST,
+            "malformed_payload",
+        ),
+        bad(
+            "deeply nested JSON inside an object",
+            "jira",
+            signed(&deep_object),
+            deep_object.clone(),
+            S::BAD_REQUEST,
+            "malformed_payload",
+        ),
         bad("not JSON", "jira", signed(b"approved=yes"), b"approved=yes".to_vec(), S::BAD_REQUEST, "malformed_payload"),
         bad("truncated JSON", "jira", signed(&body[..40]), body[..40].to_vec(), S::BAD_REQUEST, "malformed_payload"),
-        bad("JSON array, not an object", "jira", signed(b"[1,2]"), b"[1,2]".to_vec(), S::BAD_REQUEST, "malformed_payload"),
+        bad(
+            "JSON array, not an object",
+            "jira",
+            signed(b"[1,2]"),
+            b"[1,2]".to_vec(),
+            S::BAD_REQUEST,
+            "malformed_payload",
+        ),
         bad("empty body", "jira", signed(b""), Vec::new(), S::BAD_REQUEST, "malformed_payload"),
-        bad("wrong content type", "jira", with(ok_jira.clone(), "Content-Type", "text/plain"), body.clone(), S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        bad("form content type", "jira", with(ok_jira.clone(), "Content-Type", "application/x-www-form-urlencoded"), body.clone(), S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        bad("delivery id too long", "jira", with(ok_jira.clone(), "X-Atlassian-Webhook-Identifier", &"x".repeat(300)), body.clone(), S::BAD_REQUEST, "invalid_delivery_id"),
+        bad(
+            "wrong content type",
+            "jira",
+            with(ok_jira.clone(), "Content-Type", "text/plain"),
+            body.clone(),
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        bad(
+            "form content type",
+            "jira",
+            with(ok_jira.clone(), "Content-Type", "application/x-www-form-urlencoded"),
+            body.clone(),
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        bad(
+            "delivery id too long",
+            "jira",
+            with(ok_jira.clone(), "X-Atlassian-Webhook-Identifier", &"x".repeat(300)),
+            body.clone(),
+            S::BAD_REQUEST,
+            "invalid_delivery_id",
+        ),
         bad("unknown source", "nosuchsource", ok_jira.clone(), body.clone(), S::NOT_FOUND, "unknown_source"),
-        bad("missing timestamp", "servicenow", without(ok_sn.clone(), "X-Timestamp"), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("stale timestamp", "servicenow", sn_headers(sn, t - 301), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("future timestamp", "servicenow", sn_headers(sn, t + 301), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("timestamp changed after signing", "servicenow", with(ok_sn.clone(), "X-Timestamp", &(t + 1).to_string()), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("non-numeric timestamp", "servicenow", with(ok_sn.clone(), "X-Timestamp", "yesterday"), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("hex where base64 is configured", "servicenow", with(ok_sn.clone(), "X-Signature", &"ab".repeat(32)), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("standard webhooks: wrong secret", "stdwh", std_headers("whsec_c2VjcmV0LXdyb25n", "msg_2", t, sn), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("standard webhooks: stale", "stdwh", std_headers(STD_SECRET, "msg_3", t - 600, sn), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("standard webhooks: id changed after signing", "stdwh", with(std_headers(STD_SECRET, "msg_4", t, sn), "webhook-id", "msg_5"), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("standard webhooks: missing id", "stdwh", without(std_headers(STD_SECRET, "msg_6", t, sn), "webhook-id"), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: alg none", "jwt", bearer(sign::unsigned_jwt(&jwt_claims(JWT_ISSUER, JWT_AUDIENCE, 300))), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: algorithm confusion", "jwt", bearer(sign::confused_jwt(&rsa_pub, &jwt_claims(JWT_ISSUER, JWT_AUDIENCE, 300))), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: expired", "jwt", bearer(sign::jwt(Algorithm::HS256, &hs256(), &jwt_claims(JWT_ISSUER, JWT_AUDIENCE, -600))), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: not yet valid", "jwt", bearer(sign::jwt(Algorithm::HS256, &hs256(), &future_nbf)), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: wrong audience", "jwt", bearer(sign::jwt(Algorithm::HS256, &hs256(), &jwt_claims(JWT_ISSUER, "someone-else", 300))), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: wrong issuer", "jwt", bearer(sign::jwt(Algorithm::RS256, &rsa_key, &jwt_claims("https://evil.example", JWT_AUDIENCE, 300))), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("jwt: signature garbled", "jwt", bearer(format!("{}x", &valid_jwt[..valid_jwt.len() - 1])), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
+        bad(
+            "missing timestamp",
+            "servicenow",
+            without(ok_sn.clone(), "X-Timestamp"),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "stale timestamp",
+            "servicenow",
+            sn_headers(sn, t - 301),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "future timestamp",
+            "servicenow",
+            sn_headers(sn, t + 301),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "timestamp changed after signing",
+            "servicenow",
+            with(ok_sn.clone(), "X-Timestamp", &(t + 1).to_string()),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "non-numeric timestamp",
+            "servicenow",
+            with(ok_sn.clone(), "X-Timestamp", "yesterday"),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "hex where base64 is configured",
+            "servicenow",
+            with(ok_sn.clone(), "X-Signature", &"ab".repeat(32)),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "standard webhooks: wrong secret",
+            "stdwh",
+            std_headers("whsec_c2VjcmV0LXdyb25n", "msg_2", t, sn),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "standard webhooks: stale",
+            "stdwh",
+            std_headers(STD_SECRET, "msg_3", t - 600, sn),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "standard webhooks: id changed after signing",
+            "stdwh",
+            with(std_headers(STD_SECRET, "msg_4", t, sn), "webhook-id", "msg_5"),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "standard webhooks: missing id",
+            "stdwh",
+            without(std_headers(STD_SECRET, "msg_6", t, sn), "webhook-id"),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: alg none",
+            "jwt",
+            bearer(sign::unsigned_jwt(&jwt_claims(JWT_ISSUER, JWT_AUDIENCE, 300))),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: algorithm confusion",
+            "jwt",
+            bearer(sign::confused_jwt(&rsa_pub, &jwt_claims(JWT_ISSUER, JWT_AUDIENCE, 300))),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: expired",
+            "jwt",
+            bearer(sign::jwt(Algorithm::HS256, &hs256(), &jwt_claims(JWT_ISSUER, JWT_AUDIENCE, -600))),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: not yet valid",
+            "jwt",
+            bearer(sign::jwt(Algorithm::HS256, &hs256(), &future_nbf)),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: wrong audience",
+            "jwt",
+            bearer(sign::jwt(Algorithm::HS256, &hs256(), &jwt_claims(JWT_ISSUER, "someone-else", 300))),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: wrong issuer",
+            "jwt",
+            bearer(sign::jwt(Algorithm::RS256, &rsa_key, &jwt_claims("https://evil.example", JWT_AUDIENCE, 300))),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "jwt: signature garbled",
+            "jwt",
+            bearer(format!("{}x", &valid_jwt[..valid_jwt.len() - 1])),
+            sn.to_vec(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
         bad("jwt: not a JWT", "jwt", bearer("abc".into()), sn.to_vec(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("connect: wrong qsh", "connect", connect_token(CONNECT_SECRET, &sign::connect_qsh("POST", "/webhooks/other")), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("connect: context qsh", "connect", connect_token(CONNECT_SECRET, "context-qsh"), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("connect: wrong shared secret", "connect", connect_token("not-the-secret", &good_qsh), body.clone(), S::UNAUTHORIZED, "invalid_signature"),
-        bad("static secret: wrong", "automation", vec![("X-Automation-Token".into(), "automation-static-tokeN".into())], body.clone(), S::UNAUTHORIZED, "invalid_signature"),
+        bad(
+            "connect: wrong qsh",
+            "connect",
+            connect_token(CONNECT_SECRET, &sign::connect_qsh("POST", "/webhooks/other")),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "connect: context qsh",
+            "connect",
+            connect_token(CONNECT_SECRET, "context-qsh"),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "connect: wrong shared secret",
+            "connect",
+            connect_token("not-the-secret", &good_qsh),
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
+        bad(
+            "static secret: wrong",
+            "automation",
+            vec![("X-Automation-Token".into(), "automation-static-tokeN".into())],
+            body.clone(),
+            S::UNAUTHORIZED,
+            "invalid_signature",
+        ),
         bad("static secret: missing", "automation", vec![], body.clone(), S::UNAUTHORIZED, "invalid_signature"),
     ]
 }

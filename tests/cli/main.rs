@@ -1,4 +1,5 @@
 //! The binary as an admin runs it: separate processes, real signals, real crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -1,4 +1,5 @@
 //! The storage contract, run unchanged against SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use std::time::SystemTime;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use common::{Backend, TestDb, TempDir};
+use common::{Backend, TempDir, TestDb};
 use grantbridge::config::{EnvOverrides, Settings};
 use grantbridge::domain::IncomingEvent;
 use grantbridge::inbound::schemes::RawRequest;
@@ -33,9 +34,11 @@ impl Maker {
         let mut headers = HeaderMap::new();
         headers.insert(HeaderName::from_static("x-token"), HeaderValue::from_static("store-test-token"));
         if let Some(id) = delivery {
-            headers.insert(HeaderName::from_static("x-atlassian-webhook-identifier"), HeaderValue::from_str(id).unwrap());
+            headers
+                .insert(HeaderName::from_static("x-atlassian-webhook-identifier"), HeaderValue::from_str(id).unwrap());
         }
-        let request = RawRequest { method: "POST", path: "/webhooks/src", query: "", headers: &headers, body: body.as_bytes() };
+        let request =
+            RawRequest { method: "POST", path: "/webhooks/src", query: "", headers: &headers, body: body.as_bytes() };
         let source = self.settings.source("src").unwrap();
         source.verify(request, SystemTime::now()).unwrap().parse(SystemTime::now()).unwrap()
     }
