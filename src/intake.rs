@@ -65,6 +65,22 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
                     let _ = pending.reply.send(Ok(outcome));
                 }
             }
+            // One event the store refuses must not fail the requests that happened to share its transaction.
+            Err(error) if batch.len() > 1 => {
+                tracing::warn!(error = %error, events = batch.len(), "batch write failed; storing its events one by one");
+                for pending in batch.drain(..) {
+                    let outcome = store.insert_events(&[&pending.event]).await;
+                    let reply = match outcome.map(|o| o.into_iter().next()) {
+                        Ok(Some(inserted)) => Ok(inserted),
+                        Ok(None) => Err(()),
+                        Err(error) => {
+                            log_store_error(&error, 1);
+                            Err(())
+                        }
+                    };
+                    let _ = pending.reply.send(reply);
+                }
+            }
             Err(error) => {
                 log_store_error(&error, batch.len());
                 for pending in batch.drain(..) {

@@ -147,3 +147,60 @@ async fn sqlite_is_in_wal_mode_with_full_sync() {
     assert_eq!(mode, "wal");
     assert_eq!(sync, 2, "synchronous=FULL: acknowledged events survive power loss");
 }
+
+async fn install_poison_trigger(store: &Store) {
+    match store {
+        Store::Sqlite(pool) => {
+            sqlx::raw_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.body LIKE '%poison%'
+                 BEGIN SELECT RAISE(ABORT, 'poison refused'); END;",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        Store::Postgres(pool) => {
+            sqlx::raw_sql(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.body LIKE '%poison%' THEN RAISE EXCEPTION 'poison refused'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+both_backends! {
+    async fn one_refused_event_does_not_fail_the_rest_of_its_batch(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        install_poison_trigger(&store).await;
+        let settings = grantbridge::config::IntakeSettings {
+            max_batch: 64,
+            queue_capacity: 64,
+            store_timeout: std::time::Duration::from_secs(10),
+        };
+        let (intake, writer) = grantbridge::intake::Intake::start(store.clone(), &settings);
+        let maker = Maker::new();
+        let good: Vec<IncomingEvent> = (0..5).map(|i| maker.event(Some(&format!("good-{i}")), r#"{"ok": true}"#)).collect();
+        let poison = maker.event(Some("bad"), r#"{"poison": true}"#);
+        // Queued together before the writer runs, so they share one batch.
+        let (g0, g1, p, g2, g3, g4) = tokio::join!(
+            intake.submit(good[0].clone()),
+            intake.submit(good[1].clone()),
+            intake.submit(poison),
+            intake.submit(good[2].clone()),
+            intake.submit(good[3].clone()),
+            intake.submit(good[4].clone()),
+        );
+        assert!(p.is_err(), "the refused event is not acknowledged");
+        for (i, r) in [g0, g1, g2, g3, g4].into_iter().enumerate() {
+            assert_eq!(r.unwrap(), Inserted::Accepted(good[i].id()));
+        }
+        assert_eq!(store.count_events().await.unwrap(), 5);
+        drop(intake);
+        writer.await.unwrap();
+    }
+}
