@@ -1,9 +1,11 @@
 //! Black-box tests of the HTTP surface: the real application on a random loopback port, real databases.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod health;
 mod helpers;
+mod openapi;
 mod store_unavailable;
 mod webhooks;

@@ -1,0 +1,404 @@
+//! Keeps `openapi.yaml` true: its routes, its error codes and its response schemas are checked against the
+//! running application, and its error-code enum against `ApiError::code()`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::common::{Backend, sign};
+use crate::helpers::{JIRA_SECRET, TestApp, spawn_app, spawn_app_with};
+
+const HTTP_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// Codes that a black-box test cannot provoke cheaply; they must still be in `ApiError::code()`.
+const NOT_PROVOKED: [&str; 2] = ["not_ready", "unreadable_body"];
+
+fn repo_file(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(repo_file("openapi.yaml")).expect("openapi.yaml is readable");
+    serde_yaml_ng::from_str(&text).expect("openapi.yaml is valid YAML")
+}
+
+/// Follows a local `$ref` (`#/components/...`) until the value is not a reference.
+fn resolve<'a>(spec: &'a Value, mut value: &'a Value) -> &'a Value {
+    while let Some(reference) = value.get("$ref").and_then(Value::as_str) {
+        let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("only local $refs are used: {reference}"));
+        value = spec.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {reference}"));
+    }
+    value
+}
+
+/// One documented operation, with its path parameters filled from their examples.
+struct Operation<'a> {
+    method: &'static str,
+    template: String,
+    path: String,
+    spec: &'a Value,
+}
+
+fn operations(spec: &Value) -> Vec<Operation<'_>> {
+    let paths = spec["paths"].as_object().expect("the spec has paths");
+    let mut found = Vec::new();
+    for (template, item) in paths {
+        let item = resolve(spec, item);
+        for method in HTTP_METHODS {
+            let Some(operation) = item.get(method) else { continue };
+            let mut path = template.clone();
+            let parameters = item["parameters"].as_array().into_iter().chain(operation["parameters"].as_array());
+            for parameter in parameters.flatten().map(|p| resolve(spec, p)) {
+                if parameter["in"] == "path" {
+                    let name = parameter["name"].as_str().expect("a parameter has a name");
+                    let example = parameter["example"].as_str().expect("path parameters have an example");
+                    path = path.replace(&format!("{{{name}}}"), example);
+                }
+            }
+            assert!(!path.contains('{'), "{template}: every path parameter has an example");
+            found.push(Operation { method, template: template.clone(), path, spec: operation });
+        }
+    }
+    found
+}
+
+fn http_method(name: &str) -> Method {
+    Method::from_bytes(name.to_ascii_uppercase().as_bytes()).expect("a valid method")
+}
+
+async fn request(app: &TestApp, method: &str, path: &str) -> reqwest::Response {
+    let mut request = app.client.request(http_method(method), app.url(path));
+    if method == "post" {
+        request = request.header(CONTENT_TYPE, "application/json").body("{}");
+    }
+    request.send().await.expect("the test server answers")
+}
+
+/// What the application answers for a route it does not have, as opposed to an answer from a handler.
+fn is_unserved(status: StatusCode, body: &Value) -> bool {
+    (status == StatusCode::NOT_FOUND && body["error"]["code"] == "not_found")
+        || (status == StatusCode::METHOD_NOT_ALLOWED && body["error"]["code"] == "method_not_allowed")
+}
+
+/// A response taken apart, so that it can be checked after its body was read.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    async fn from(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.expect("a readable body");
+        Answer { status, headers, body }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("<none>").to_string()
+    }
+}
+
+/// A small JSON Schema check covering what openapi.yaml uses: `$ref`, `allOf`, `type`, `const`, `enum`,
+/// `required`, `properties`, `additionalProperties: false`, `minimum` and `format: uuid`.
+fn schema_errors(spec: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+    let schema = resolve(spec, schema);
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        schema_errors(spec, part, value, at, errors);
+    }
+    if let Some(kind) = schema["type"].as_str() {
+        let matches = match kind {
+            "object" => value.is_object(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            other => panic!("{at}: schema type {other} is not handled by this check"),
+        };
+        if !matches {
+            errors.push(format!("{at}: {value} is not of type {kind}"));
+            return;
+        }
+    }
+    if let Some(expected) = schema.get("const")
+        && expected != value
+    {
+        errors.push(format!("{at}: {value} is not {expected}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let (Some(minimum), Some(n)) = (schema["minimum"].as_f64(), value.as_f64())
+        && n < minimum
+    {
+        errors.push(format!("{at}: {n} is below the minimum {minimum}"));
+    }
+    if schema["format"] == "uuid" && value.as_str().is_none_or(|s| uuid::Uuid::parse_str(s).is_err()) {
+        errors.push(format!("{at}: {value} is not a UUID"));
+    }
+    let Some(object) = value.as_object() else { return };
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let name = required.as_str().expect("required names are strings");
+        if !object.contains_key(name) {
+            errors.push(format!("{at}: required property `{name}` is missing"));
+        }
+    }
+    let properties = schema["properties"].as_object();
+    for (name, property) in properties.into_iter().flatten() {
+        if let Some(v) = object.get(name) {
+            schema_errors(spec, property, v, &format!("{at}.{name}"), errors);
+        }
+    }
+    if schema["additionalProperties"] == false {
+        for name in object.keys() {
+            if !properties.is_some_and(|p| p.contains_key(name)) {
+                errors.push(format!("{at}: property `{name}` is not in the schema"));
+            }
+        }
+    }
+}
+
+/// Checks a real answer against what the spec documents for `method template` and its status:
+/// the status is documented, required headers are there and valid, and the body fits the media type's schema.
+fn assert_documented(spec: &Value, method: &str, template: &str, answer: &Answer) {
+    let what = format!("{} {template} -> {}", method.to_ascii_uppercase(), answer.status);
+    let operation = &spec["paths"][template][method];
+    assert!(operation.is_object(), "{what}: operation not documented");
+    let documented = operation["responses"].get(answer.status.as_str());
+    let response = resolve(spec, documented.unwrap_or_else(|| panic!("{what}: status not documented")));
+    let mut errors = Vec::new();
+
+    for (name, header) in response["headers"].as_object().into_iter().flatten() {
+        let header = resolve(spec, header);
+        let Some(actual) = answer.headers.get(name.as_str()) else {
+            if header["required"] == true {
+                errors.push(format!("header {name} is missing"));
+            }
+            continue;
+        };
+        let actual = actual.to_str().expect("header values are ASCII");
+        let schema = resolve(spec, &header["schema"]);
+        let value = match schema["type"].as_str() {
+            Some("integer") => actual.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(actual)),
+            _ => Value::from(actual),
+        };
+        schema_errors(spec, schema, &value, &format!("header {name}"), &mut errors);
+    }
+
+    let content = response["content"].as_object().unwrap_or_else(|| panic!("{what}: documented without content"));
+    let content_type = answer.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match content.get(essence) {
+        None => errors.push(format!("Content-Type {content_type} is not among {:?}", content.keys())),
+        Some(media) if essence == "application/json" => {
+            let body: Value = serde_json::from_str(&answer.body)
+                .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {}", answer.body));
+            schema_errors(spec, &media["schema"], &body, "body", &mut errors);
+        }
+        Some(media) => schema_errors(spec, &media["schema"], &Value::from(answer.body.clone()), "body", &mut errors),
+    }
+    assert!(errors.is_empty(), "{what} does not match openapi.yaml:\n  {}\n{}", errors.join("\n  "), answer.body);
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served_and_nothing_else_is() {
+    let spec = spec();
+    let app = spawn_app(Backend::Sqlite).await;
+    let operations = operations(&spec);
+    assert!(!operations.is_empty());
+
+    for op in &operations {
+        let answer = Answer::from(request(&app, op.method, &op.path).await).await;
+        assert!(
+            !is_unserved(answer.status, &answer.json()),
+            "{} {} is documented but not served: {} {}",
+            op.method,
+            op.path,
+            answer.status,
+            answer.body
+        );
+        assert!(
+            op.spec["responses"].get(answer.status.as_str()).is_some(),
+            "{} {} answered {}, which openapi.yaml does not document",
+            op.method,
+            op.path,
+            answer.status
+        );
+    }
+
+    let documented: BTreeSet<(&str, &str)> = operations.iter().map(|op| (op.template.as_str(), op.method)).collect();
+    for op in &operations {
+        for method in HTTP_METHODS.into_iter().filter(|m| !documented.contains(&(op.template.as_str(), *m))) {
+            let answer = Answer::from(request(&app, method, &op.path).await).await;
+            let unserved = if method == "head" {
+                // A HEAD answer has no body to read a code from.
+                matches!(answer.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)
+            } else {
+                is_unserved(answer.status, &answer.json())
+            };
+            assert!(unserved, "{method} {} is served but not documented: {} {}", op.path, answer.status, answer.body);
+        }
+    }
+
+    let undocumented =
+        ["/", "/webhooks", "/webhooks/", "/webhooks/jira/extra", "/healthz/", "/v1/events", "/openapi.yaml"];
+    for path in undocumented.into_iter().filter(|path| spec["paths"].get(*path).is_none()) {
+        for method in ["get", "post"] {
+            let answer = Answer::from(request(&app, method, path).await).await;
+            assert_eq!(
+                (answer.status, answer.code().as_str()),
+                (StatusCode::NOT_FOUND, "not_found"),
+                "{method} {path} is not documented, so it must not be served"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+/// `"code"` strings of the match in `ApiError::code()`, read from the source.
+fn codes_in_error_rs() -> BTreeSet<String> {
+    let source = std::fs::read_to_string(repo_file("src/http/error.rs")).expect("src/http/error.rs is readable");
+    let start = source.find("pub fn code(&self)").expect("ApiError::code() is in src/http/error.rs");
+    let body = &source[start..];
+    let end = body.find("\n    }\n").expect("the end of ApiError::code()");
+    body[..end]
+        .split("=> \"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(code, _)| code.to_string()))
+        .collect()
+}
+
+fn spec_error_codes(spec: &Value) -> BTreeSet<String> {
+    spec["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("components.schemas.ErrorCode has an enum")
+        .iter()
+        .map(|code| code.as_str().expect("codes are strings").to_string())
+        .collect()
+}
+
+fn jira_headers(body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/json".to_string()),
+        ("X-Hub-Signature", sign::hub_signature(JIRA_SECRET, body)),
+        ("X-Atlassian-Webhook-Identifier", delivery.to_string()),
+    ]
+}
+
+async fn post(app: &TestApp, source: &str, headers: &[(&str, String)], body: impl Into<reqwest::Body>) -> Answer {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    Answer::from(app.post(source, &headers, body).await).await
+}
+
+#[tokio::test]
+async fn the_error_code_enum_is_exactly_what_the_app_answers() {
+    let spec = spec();
+    let app = spawn_app(Backend::Sqlite).await;
+    let json = || vec![("Content-Type", "application/json".to_string())];
+    let webhook = "/webhooks/{source}";
+    let oversized = vec![b' '; 5000];
+    let long_id = "x".repeat(300);
+    let valid = br#"{"webhookEvent":"jira:issue_updated"}"#;
+
+    let mut provoked: Vec<(&str, &str, Answer)> = vec![
+        ("post", webhook, post(&app, "no-such-source", &json(), "{}").await),
+        ("post", webhook, post(&app, "jira", &json(), "{}").await),
+        ("post", webhook, post(&app, "jira", &jira_headers(b"[1,2]", "e-1"), "[1,2]").await),
+        ("post", webhook, post(&app, "jira", &jira_headers(valid, &long_id), &valid[..]).await),
+        ("post", webhook, post(&app, "jira", &jira_headers(&oversized, "e-2"), oversized.clone()).await),
+        ("post", webhook, post(&app, "jira", &[("Content-Type", "text/plain".to_string())], "{}").await),
+    ];
+    // The 405 is documented on the one operation of the path.
+    provoked.push((
+        "post",
+        webhook,
+        Answer::from(app.client.get(app.url("/webhooks/jira")).send().await.unwrap()).await,
+    ));
+    let nowhere = Answer::from(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
+    assert_eq!((nowhere.status, nowhere.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(app.event_count().await, 0, "no error leaves an event behind");
+    app.stop().await;
+
+    // The store refusing a write: another connection holds SQLite's write lock.
+    let locked = spawn_app_with(Backend::Sqlite, "[database]\nbusy_timeout_ms = 200\n").await;
+    let mut locker = sqlx::SqliteConnection::connect(&locked.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    provoked.push(("post", webhook, post(&locked, "jira", &jira_headers(valid, "e-3"), &valid[..]).await));
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    locked.stop().await;
+
+    let mut codes: BTreeSet<String> = BTreeSet::from([nowhere.code()]);
+    for (method, template, answer) in &provoked {
+        assert_documented(&spec, method, template, answer);
+        codes.insert(answer.code());
+    }
+    let expected = [
+        "unknown_source",
+        "invalid_signature",
+        "malformed_payload",
+        "invalid_delivery_id",
+        "payload_too_large",
+        "unsupported_media_type",
+        "method_not_allowed",
+        "not_found",
+        "store_unavailable",
+    ];
+    assert_eq!(codes, expected.iter().map(|c| c.to_string()).collect(), "each request provokes its own code");
+
+    let in_source = codes_in_error_rs();
+    for code in NOT_PROVOKED {
+        assert!(in_source.contains(code), "{code} is not in ApiError::code() any more: update this test and the spec");
+        codes.insert(code.to_string());
+    }
+    let documented = spec_error_codes(&spec);
+    assert_eq!(documented, codes, "components.schemas.ErrorCode.enum lists exactly the codes the app answers");
+    assert_eq!(documented, in_source, "components.schemas.ErrorCode.enum lists exactly the codes of ApiError::code()");
+}
+
+#[tokio::test]
+async fn real_responses_match_their_documented_schemas() {
+    let spec = spec();
+    let app = spawn_app(Backend::Sqlite).await;
+    let webhook = "/webhooks/{source}";
+    let body = br#"{"webhookEvent":"jira:issue_updated","issue":{"key":"ACC-7"}}"#;
+
+    let accepted = post(&app, "jira", &jira_headers(body, "spec-1"), &body[..]).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    assert_eq!(accepted.json()["status"], "accepted");
+    assert_documented(&spec, "post", webhook, &accepted);
+
+    let duplicate = post(&app, "jira", &jira_headers(body, "spec-1"), &body[..]).await;
+    assert_eq!(duplicate.json()["status"], "duplicate");
+    assert_eq!(duplicate.json()["event_id"], accepted.json()["event_id"]);
+    assert_documented(&spec, "post", webhook, &duplicate);
+
+    let unsigned = post(&app, "jira", &[("Content-Type", "application/json".to_string())], &body[..]).await;
+    assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
+    assert_documented(&spec, "post", webhook, &unsigned);
+
+    let wrong_method = Answer::from(app.client.delete(app.url("/webhooks/jira")).send().await.unwrap()).await;
+    assert_documented(&spec, "post", webhook, &wrong_method);
+
+    for (path, status) in [("/healthz", StatusCode::OK), ("/readyz", StatusCode::OK), ("/metrics", StatusCode::OK)] {
+        let answer = Answer::from(app.client.get(app.url(path)).send().await.unwrap()).await;
+        assert_eq!(answer.status, status, "GET {path}: {}", answer.body);
+        assert_documented(&spec, "get", path, &answer);
+    }
+    let ready = Answer::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(ready.json()["store"], "sqlite");
+    let metrics = Answer::from(app.client.get(app.url("/metrics")).send().await.unwrap()).await;
+    assert!(metrics.body.contains("grantbridge_webhook_requests_total{source=\"jira\",outcome=\"accepted\"} 1"));
+    app.stop().await;
+}
