@@ -40,6 +40,7 @@ pub struct IncomingEvent {
     pub(crate) id: EventId,
     pub(crate) source: String,
     pub(crate) dedup_key: String,
+    pub(crate) replay_key: Option<String>,
     pub(crate) delivery_id: Option<String>,
     pub(crate) scheme: &'static str,
     pub(crate) body_sha256: String,
@@ -59,6 +60,11 @@ impl IncomingEvent {
 
     pub fn dedup_key(&self) -> &str {
         &self.dedup_key
+    }
+
+    /// The body hash when the delivery id is not signed; unique per source like `dedup_key`.
+    pub fn replay_key(&self) -> Option<&str> {
+        self.replay_key.as_deref()
     }
 
     pub fn delivery_id(&self) -> Option<&str> {

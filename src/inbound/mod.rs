@@ -19,7 +19,7 @@ const MAX_DELIVERY_ID_LEN: usize = 256;
 /// Ticket payloads nest a dozen levels at most; far deeper input is hostile and would be costly to process later.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Jira,
@@ -167,14 +167,18 @@ impl VerifiedWebhook<'_> {
                 None
             }
         };
-        let delivery_id = match (&self.source.delivery_id, field_id) {
-            (DeliveryIdRule::Field(_), Some(id)) => id,
-            (DeliveryIdRule::Header(name), _) => self.request.header(name).map(str::to_string),
-            (DeliveryIdRule::Auto, _) => self.proof.signed_delivery_id.clone().or_else(|| match self.source.kind {
-                SourceKind::Jira => self.request.header(JIRA_DELIVERY_HEADER).map(str::to_string),
-                SourceKind::Servicenow => None,
-            }),
-            (DeliveryIdRule::Field(_), None) => None,
+        // The id a scheme signed (Standard Webhooks) can be trusted to tell deliveries apart; any other id could
+        // be changed by whoever replays a captured request, so the body hash guards those too.
+        let (delivery_id, signed) = match (&self.source.delivery_id, field_id) {
+            (DeliveryIdRule::Field(_), id) => (id.flatten(), false),
+            (DeliveryIdRule::Header(name), _) => (self.request.header(name).map(str::to_string), false),
+            (DeliveryIdRule::Auto, _) => match &self.proof.signed_delivery_id {
+                Some(id) => (Some(id.clone()), true),
+                None => match self.source.kind {
+                    SourceKind::Jira => (self.request.header(JIRA_DELIVERY_HEADER).map(str::to_string), false),
+                    SourceKind::Servicenow => (None, false),
+                },
+            },
         };
         if let Some(id) = &delivery_id
             && (id.is_empty() || id.len() > MAX_DELIVERY_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()))
@@ -182,9 +186,10 @@ impl VerifiedWebhook<'_> {
             return Err(PayloadError::BadDeliveryId);
         }
         let body_sha256 = hex::encode(Sha256::digest(body.as_bytes()));
-        let dedup_key = match &delivery_id {
-            Some(id) => format!("id:{id}"),
-            None => format!("sha256:{body_sha256}"),
+        let (dedup_key, replay_key) = match &delivery_id {
+            Some(id) if signed => (format!("id:{id}"), None),
+            Some(id) => (format!("id:{id}"), Some(body_sha256.clone())),
+            None => (format!("sha256:{body_sha256}"), None),
         };
         let meta = serde_json::json!({
             "scheme": self.proof.scheme.as_str(),
@@ -197,6 +202,7 @@ impl VerifiedWebhook<'_> {
             id: EventId::new(),
             source: self.source.name.clone(),
             dedup_key,
+            replay_key,
             delivery_id,
             scheme: self.proof.scheme.as_str(),
             body_sha256,

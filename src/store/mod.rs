@@ -36,7 +36,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     Accepted(EventId),
-    /// Already stored under this id (same source and delivery id, or same body when there is no id).
+    /// Already stored under this id: same source and delivery id, or same body when the id is absent or unsigned.
     Duplicate(EventId),
 }
 
@@ -159,14 +159,16 @@ impl Store {
             let mut outcomes = Vec::with_capacity(events.len());
             for e in events {
                 let inserted: Option<String> = sqlx::query_scalar(
-                    "INSERT INTO events (id, source, dedup_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (source, dedup_key) DO NOTHING
+                    "INSERT INTO events
+                         (id, source, dedup_key, replay_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT DO NOTHING
                      RETURNING id",
                 )
                 .bind(e.id.to_string())
                 .bind(&e.source)
                 .bind(&e.dedup_key)
+                .bind(&e.replay_key)
                 .bind(&e.delivery_id)
                 .bind(e.scheme)
                 .bind(&e.body_sha256)
@@ -178,12 +180,15 @@ impl Store {
                 let outcome = match inserted {
                     Some(_) => Inserted::Accepted(e.id),
                     None => {
-                        let existing: String =
-                            sqlx::query_scalar("SELECT id FROM events WHERE source = $1 AND dedup_key = $2")
-                                .bind(&e.source)
-                                .bind(&e.dedup_key)
-                                .fetch_one(&mut *tx)
-                                .await?;
+                        let existing: String = sqlx::query_scalar(
+                            "SELECT id FROM events WHERE source = $1 AND (dedup_key = $2 OR replay_key = $3)
+                             ORDER BY received_at_ms LIMIT 1",
+                        )
+                        .bind(&e.source)
+                        .bind(&e.dedup_key)
+                        .bind(&e.replay_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                         Inserted::Duplicate(parse_event_id(&existing)?)
                     }
                 };

@@ -134,14 +134,15 @@ both_backends! {
         let rsa_key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("keys/rsa.pem")).unwrap()).unwrap();
         let sn_body = SN_EVENT.as_bytes();
         let jwt_body = |id: &str| SN_EVENT.replace("9d385017c611228701d22104cc95c371", id);
+        let rotated_body = JIRA_EVENT.replace("1606480436302", "1606480436999");
         let next_secret = vec![
             ("Content-Type".to_string(), "application/json".to_string()),
-            ("X-Hub-Signature".to_string(), sign::hub_signature(JIRA_SECRET_NEXT, JIRA_EVENT.as_bytes())),
+            ("X-Hub-Signature".to_string(), sign::hub_signature(JIRA_SECRET_NEXT, rotated_body.as_bytes())),
             ("X-Atlassian-Webhook-Identifier".to_string(), "rotated-1".to_string()),
         ];
         let cases: Vec<(&str, &str, Headers, String)> = vec![
             ("jira", "jira_hub_signature", jira_headers(JIRA_EVENT.as_bytes(), "d-1"), JIRA_EVENT.into()),
-            ("jira", "jira_hub_signature", next_secret, JIRA_EVENT.into()),
+            ("jira", "jira_hub_signature", next_secret, rotated_body.clone()),
             ("servicenow", "hmac_sha256", sn_headers(sn_body, now()), SN_EVENT.into()),
             ("servicenow", "hmac_sha256", sn_headers(b"{\"a\":1}", now() * 1000), "{\"a\":1}".into()),
             ("stdwh", "standard_webhooks", std_headers(STD_SECRET, "msg_1", now(), sn_body), SN_EVENT.into()),
@@ -350,7 +351,7 @@ fn bad_requests() -> Vec<Bad> {
         bad(
             "stale timestamp",
             "servicenow",
-            sn_headers(sn, t - 301),
+            sn_headers(sn, t - 330),
             sn.to_vec(),
             S::UNAUTHORIZED,
             "invalid_signature",
@@ -358,7 +359,7 @@ fn bad_requests() -> Vec<Bad> {
         bad(
             "future timestamp",
             "servicenow",
-            sn_headers(sn, t + 301),
+            sn_headers(sn, t + 330),
             sn.to_vec(),
             S::UNAUTHORIZED,
             "invalid_signature",
@@ -554,6 +555,18 @@ both_backends! {
         assert_eq!(first["event_id"], second["event_id"], "a duplicate names the stored event");
         assert_eq!(app.event_count().await, 1);
 
+        // Jira does not sign its delivery id: a captured request replayed under a new id is still a duplicate.
+        let replayed = with(headers.clone(), "X-Atlassian-Webhook-Identifier", "forged-new-id");
+        let replayed: Value = post(&app, "jira", &replayed, JIRA_EVENT).await.json().await.unwrap();
+        assert_eq!(replayed["status"], "duplicate");
+        assert_eq!(replayed["event_id"], first["event_id"]);
+        // Standard Webhooks signs its id: two messages with the same body are two events.
+        let t = now();
+        let m1: Value = post(&app, "stdwh", &std_headers(STD_SECRET, "msg_a", t, SN_EVENT.as_bytes()), SN_EVENT).await.json().await.unwrap();
+        let m2: Value = post(&app, "stdwh", &std_headers(STD_SECRET, "msg_b", t, SN_EVENT.as_bytes()), SN_EVENT).await.json().await.unwrap();
+        assert_eq!((m1["status"].as_str(), m2["status"].as_str()), (Some("accepted"), Some("accepted")));
+        assert_eq!(app.event_count().await, 3);
+
         // Without a delivery id, the body's hash is the key: ServiceNow re-sending the same record is a duplicate,
         // even though each send carries a fresh timestamp and signature.
         let a: Value = post(&app, "servicenow", &sn_headers(SN_EVENT.as_bytes(), now()), SN_EVENT).await.json().await.unwrap();
@@ -562,7 +575,7 @@ both_backends! {
         // The same delivery id on another source is another event.
         let c: Value = post(&app, "automation", &[("X-Automation-Token".into(), AUTOMATION_TOKEN.into()), ("X-Delivery".into(), "delivery-42".into())], JIRA_EVENT).await.json().await.unwrap();
         assert_eq!(c["status"], "accepted");
-        assert_eq!(app.event_count().await, 3);
+        assert_eq!(app.event_count().await, 5);
         app.stop().await;
     }
 }

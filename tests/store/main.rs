@@ -184,7 +184,8 @@ both_backends! {
         };
         let (intake, writer) = grantbridge::intake::Intake::start(store.clone(), &settings);
         let maker = Maker::new();
-        let good: Vec<IncomingEvent> = (0..5).map(|i| maker.event(Some(&format!("good-{i}")), r#"{"ok": true}"#)).collect();
+        let good: Vec<IncomingEvent> =
+            (0..5).map(|i| maker.event(Some(&format!("good-{i}")), &format!(r#"{{"ok": {i}}}"#))).collect();
         let poison = maker.event(Some("bad"), r#"{"poison": true}"#);
         // Queued together before the writer runs, so they share one batch.
         let (g0, g1, p, g2, g3, g4) = tokio::join!(
