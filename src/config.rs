@@ -231,6 +231,12 @@ impl Settings {
             },
             level: env.log_level.clone().or(raw.log.level).unwrap_or_else(|| "info".to_string()),
         };
+        if !valid_log_filter(&log.level) {
+            return Err(ConfigError::at(
+                format!("{origin}: log.level"),
+                format!("`{}` is not a level or filter (e.g. info, debug, grantbridge=debug,info)", log.level),
+            ));
+        }
 
         if raw.sources.is_empty() {
             return Err(ConfigError::at(
@@ -313,6 +319,12 @@ fn build_database(raw: RawDatabase, env: &EnvOverrides, origin: &str) -> Result<
             format!("`{}` is neither sqlite:PATH nor postgres://...", redact_url_password(&url)),
         ));
     }
+    if raw.password.is_some() && url.starts_with("sqlite:") {
+        return Err(ConfigError::at(
+            format!("{origin}: database.password"),
+            "SQLite takes no password; remove it or use a postgres:// URL",
+        ));
+    }
     let password = raw.password.map(|r| r.resolve(&format!("{origin}: database.password"))).transpose()?;
     let max_connections = raw.max_connections.unwrap_or(8);
     if max_connections == 0 {
@@ -357,6 +369,17 @@ fn parse_log_format(s: &str) -> Option<LogFormat> {
         "pretty" => Some(LogFormat::Pretty),
         _ => None,
     }
+}
+
+/// A `tracing` filter whose bare words are levels: `loud` parses as a target name, but is surely a typo.
+fn valid_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+        && filter
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .all(|d| d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)))
 }
 
 fn valid_source_name(name: &str) -> bool {

@@ -31,12 +31,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/{source}")
             .route(web::post().to(webhooks::receive))
-            .default_service(web::to(webhooks::method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
+    .service(read_only("/healthz").route(web::get().to(health::healthz)).route(web::head().to(health::healthz)))
+    .service(read_only("/readyz").route(web::get().to(health::readyz)).route(web::head().to(health::readyz)))
+    .service(read_only("/metrics").route(web::get().to(health::metrics)).route(web::head().to(health::metrics)))
     .default_service(web::to(not_found));
+}
+
+fn read_only(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| method_not_allowed("GET, HEAD")))
+}
+
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

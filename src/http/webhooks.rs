@@ -121,7 +121,3 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, 
     }
     Ok(body)
 }
-
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { allow: "POST" })
-}

@@ -40,6 +40,8 @@ fn broken() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("hmac without a header", "[sources.sn]\nkind = \"servicenow\"\n[[sources.sn.verify]]\nscheme = \"hmac_sha256\"\nsecrets = [{ env = \"GB_TEST_SET\" }]\n".to_string(), vec![":3:", "header"]),
         ("an RS256 key given a shared secret", "[sources.sn]\nkind = \"servicenow\"\n[[sources.sn.verify]]\nscheme = \"jwt_bearer\"\nissuer = \"i\"\naudience = \"a\"\nkeys = [{ alg = \"RS256\", secret = { env = \"GB_TEST_SET\" } }]\n".to_string(), vec!["sources.sn.verify[0]", "RS256"]),
         ("a delivery id with header and field", SOURCE.replace("kind = \"jira\"", "kind = \"jira\"\ndelivery_id = { header = \"X-Id\", field = \"/id\" }"), vec!["sources.jira.delivery_id", "exactly one"]),
+        ("an invalid log level", format!("[log]\nlevel = \"loud\"\n{SOURCE}"), vec!["log.level", "loud"]),
+        ("a password for SQLite", format!("[database]\npassword = {{ env = \"GB_TEST_SET\" }}\n{SOURCE}"), vec!["database.password", "SQLite"]),
         ("not TOML at all", "this is = = not toml".to_string(), vec![":1:"]),
     ]
 }
