@@ -6,11 +6,15 @@ pub(super) struct Migration {
     pub sql: &'static str,
 }
 
-pub(super) const SQLITE: &[Migration] =
-    &[Migration { version: 1, name: "events", sql: include_str!("../../migrations/sqlite/0001_events.sql") }];
+pub(super) const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "events", sql: include_str!("../../migrations/sqlite/0001_events.sql") },
+    Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/sqlite/0002_decisions.sql") },
+];
 
-pub(super) const POSTGRES: &[Migration] =
-    &[Migration { version: 1, name: "events", sql: include_str!("../../migrations/postgres/0001_events.sql") }];
+pub(super) const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "events", sql: include_str!("../../migrations/postgres/0001_events.sql") },
+    Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/postgres/0002_decisions.sql") },
+];
 
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version BIGINT PRIMARY KEY NOT NULL,

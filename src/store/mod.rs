@@ -3,6 +3,7 @@
 //! Both backends run the same SQL where the dialects agree (sqlx's SQLite driver accepts `$N` placeholders),
 //! so behaviour cannot drift between them; `on_pool!` expands one body for each.
 
+mod decisions;
 mod migrations;
 
 use std::str::FromStr;
@@ -15,6 +16,8 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseSettings;
 use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
+
+pub use decisions::{ClaimedEvent, StoredDecision};
 
 #[derive(Clone)]
 pub enum Store {
@@ -226,6 +229,8 @@ impl Store {
     }
 }
 
-fn parse_event_id(s: &str) -> Result<EventId, StoreError> {
+pub(crate) fn parse_event_id(s: &str) -> Result<EventId, StoreError> {
     EventId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("event id `{s}` is not a UUID")))
 }
+
+pub(crate) use on_pool;

@@ -11,7 +11,7 @@ use common::{Backend, TempDir, TestDb};
 use grantbridge::config::{EnvOverrides, Settings};
 use grantbridge::domain::IncomingEvent;
 use grantbridge::inbound::schemes::RawRequest;
-use grantbridge::store::{Inserted, Store, StoreError};
+use grantbridge::store::{Inserted, Store, StoreError, StoredDecision};
 
 /// Events can only be made by verifying a request, so the tests do exactly that, with a static-secret source.
 struct Maker {
@@ -203,5 +203,79 @@ both_backends! {
         assert_eq!(store.count_events().await.unwrap(), 5);
         drop(intake);
         writer.await.unwrap();
+    }
+}
+
+fn decision(outcome: &str) -> StoredDecision {
+    StoredDecision {
+        outcome: outcome.to_string(),
+        code: None,
+        ticket_key: Some("ACC-1".into()),
+        detail: "{}".into(),
+        decided_at_ms: 1,
+    }
+}
+
+both_backends! {
+    async fn events_are_leased_to_one_worker_and_decided_once(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let first = maker.event(Some("q-1"), r#"{"n": 1}"#);
+        let second = maker.event(Some("q-2"), r#"{"n": 2}"#);
+        store.insert_events(&[&first, &second]).await.unwrap();
+        let lease = std::time::Duration::from_secs(30);
+
+        let a = store.claim_event("worker-a", 1_000, lease).await.unwrap().unwrap();
+        assert_eq!(a.id, first.id(), "oldest first");
+        assert_eq!((a.attempts, a.body.as_str()), (1, first.body()));
+        let b = store.claim_event("worker-b", 1_000, lease).await.unwrap().unwrap();
+        assert_eq!(b.id, second.id(), "a leased event is not handed out twice");
+        assert!(store.claim_event("worker-c", 1_000, lease).await.unwrap().is_none());
+
+        // worker-a stalls; after its lease expires worker-c takes the event over.
+        let c = store.claim_event("worker-c", 1_000 + 30_001, lease).await.unwrap().unwrap();
+        assert_eq!((c.id, c.attempts), (first.id(), 2));
+        assert!(!store.record_decision(first.id(), "worker-a", "decided", &decision("plan")).await.unwrap(),
+            "the stale worker's decision is discarded");
+        assert!(store.record_decision(first.id(), "worker-c", "decided", &decision("plan")).await.unwrap());
+        assert!(!store.record_decision(first.id(), "worker-c", "decided", &decision("plan")).await.unwrap(),
+            "decided once");
+        assert_eq!(store.decision(first.id()).await.unwrap().unwrap().outcome, "plan");
+        assert_eq!(store.event(first.id()).await.unwrap().unwrap().state, "decided");
+
+        // worker-b cannot decide now: it gives the event back, to be retried later.
+        store.release_event(second.id(), "worker-b", 5_000).await.unwrap();
+        assert!(store.claim_event("worker-b", 4_999, lease).await.unwrap().is_none(), "not before its retry time");
+        let again = store.claim_event("worker-b", 5_000, lease).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (second.id(), 2));
+    }
+}
+
+both_backends! {
+    async fn concurrent_claims_never_share_an_event(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let events: Vec<IncomingEvent> = (0..20).map(|i| maker.event(Some(&format!("c-{i}")), &format!(r#"{{"n": {i}}}"#))).collect();
+        let refs: Vec<&IncomingEvent> = events.iter().collect();
+        store.insert_events(&refs).await.unwrap();
+        let lease = std::time::Duration::from_secs(30);
+        let claim_all = |owner: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut got = Vec::new();
+                while let Some(e) = store.claim_event(owner, 1_000, lease).await.unwrap() {
+                    got.push(e.id);
+                }
+                got
+            }
+        };
+        let (a, b, c) = tokio::join!(claim_all("a"), claim_all("b"), claim_all("c"));
+        let mut all: Vec<_> = a.into_iter().chain(b).chain(c).collect();
+        assert_eq!(all.len(), 20);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 20, "no event was claimed twice");
     }
 }
