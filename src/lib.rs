@@ -1,11 +1,14 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod entra;
 pub mod http;
 pub mod inbound;
 pub mod intake;
+pub mod itsm;
 pub mod metrics;
 pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
