@@ -1,5 +1,6 @@
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod domain;
 pub mod entra;
 pub mod http;
@@ -7,6 +8,7 @@ pub mod inbound;
 pub mod intake;
 pub mod itsm;
 pub mod metrics;
+pub mod policy;
 pub mod secret;
 pub mod startup;
 pub mod store;
