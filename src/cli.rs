@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `migrate`, `send`.
+//! The command line: `serve`, `check-config`, `migrate`, `plan`, `send`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,8 +8,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseSettings, EnvOverrides, LogFormat, LogSettings, Settings};
+use crate::decide;
 use crate::inbound::schemes::Outgoing;
-use crate::inbound::{DeliveryIdRule, Source, SourceKind};
+use crate::inbound::{DeliveryIdRule, Source, SourceKind, unix_millis};
 use crate::startup::Application;
 use crate::store::Store;
 use crate::telemetry;
@@ -41,6 +42,19 @@ enum Command {
     Migrate {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Show what a ticket payload would cause: the decision, offline (the approval is not confirmed and nobody
+    /// is looked up in Entra, so it is a dry run).
+    Plan {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        source: String,
+        #[arg(long, value_name = "EVENT.json")]
+        file: PathBuf,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Sign a JSON payload exactly as a configured source would, and POST it: how to test a setup end to end.
     Send {
@@ -82,6 +96,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&config).await.map(|()| ExitCode::SUCCESS),
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
+        Command::Plan { config, source, file, json } => plan(&config, &source, &file, json),
         Command::Send { config, source, file, url, signing_key } => {
             send(&config, &source, &file, url.as_deref(), signing_key.as_deref()).await
         }
@@ -180,6 +195,26 @@ async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn plan(config: &Path, source_name: &str, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let source = find_source(&settings, source_name, config)?;
+    let body = std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?;
+    let decided = decide::decide_offline(&settings.policy, source, &body, unix_millis(SystemTime::now()));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&decided).context("Failed to print the decision")?);
+    } else {
+        print!("{}", decide::render(decided.ticket.as_ref(), &decided.decision));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_source<'a>(settings: &'a Settings, name: &str, config: &Path) -> anyhow::Result<&'a Source> {
+    settings.source(name).ok_or_else(|| {
+        let names: Vec<&str> = settings.sources.iter().map(Source::name).collect();
+        anyhow::anyhow!("no source named `{name}` in {} (configured: {})", config.display(), names.join(", "))
+    })
+}
+
 async fn send(
     config: &Path,
     source_name: &str,
@@ -188,10 +223,7 @@ async fn send(
     signing_key: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let Some(source) = settings.source(source_name) else {
-        let names: Vec<&str> = settings.sources.iter().map(Source::name).collect();
-        bail!("no source named `{source_name}` in {} (configured: {})", config.display(), names.join(", "));
-    };
+    let source = find_source(&settings, source_name, config)?;
     let body = std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
     let private_key = signing_key
         .map(|p| std::fs::read(p).with_context(|| format!("Failed to read the signing key {}", p.display())))

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::inbound::normalize::TicketMappingConfig;
 use crate::inbound::schemes::SchemeConfig;
 use crate::inbound::{DeliveryIdRule, Source, SourceKind};
+use crate::policy::{Policy, PolicyConfig};
 use crate::secret::{Secret, SecretRef};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -64,6 +66,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     sources: BTreeMap<String, Spanned<RawSource>>,
+    #[serde(default)]
+    policy: PolicyConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +110,7 @@ struct RawSource {
     delivery_id: Option<RawDeliveryId>,
     #[serde(default)]
     verify: Vec<Spanned<SchemeConfig>>,
+    ticket: Option<TicketMappingConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +138,7 @@ pub struct Settings {
     pub intake: IntakeSettings,
     pub log: LogSettings,
     pub sources: Vec<Source>,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -295,8 +301,11 @@ impl Settings {
                 let at = here(scheme.span(), &format!("{key}.verify[{i}]"));
                 schemes.push(scheme.into_inner().build(&at)?);
             }
-            sources.push(Source::new(name, src.kind, max_body_bytes, delivery_id, schemes));
+            let tickets = src.ticket.unwrap_or_default().build(src.kind, &here(span, &format!("{key}.ticket")))?;
+            sources.push(Source::new(name, src.kind, max_body_bytes, delivery_id, schemes, tickets));
         }
+        let names: Vec<&str> = sources.iter().map(Source::name).collect();
+        let policy = raw.policy.build(origin, &names)?;
 
         Ok(Settings {
             origin: origin.to_string(),
@@ -306,6 +315,7 @@ impl Settings {
             intake,
             log,
             sources,
+            policy,
         })
     }
 }

@@ -50,7 +50,8 @@
         state: current.getValue('state'),
         stage: current.getValue('stage'),
         sys_updated_on: current.getValue('sys_updated_on'),
-        variables: variablesOf(current)
+        variables: variablesOf(current),
+        approvers: approversOf(current)
     };
     var body = asciiJson(payload);
 
@@ -81,6 +82,22 @@
             return { sys_id: element.toString(), user_name: null, email: null };
         }
         return { sys_id: user.getUniqueValue(), user_name: user.getValue('user_name'), email: user.getValue('email') };
+    }
+
+    /** Who was asked to approve the item and what each decided (grantbridge confirms this with the Table API). */
+    function approversOf(record) {
+        var approvers = [];
+        var approval = new GlideRecord('sysapproval_approver');
+        approval.addQuery('sysapproval', record.getUniqueValue());
+        approval.query();
+        while (approval.next()) {
+            var approver = userOf(approval.approver);
+            if (approver) {
+                approver.state = approval.getValue('state');
+                approvers.push(approver);
+            }
+        }
+        return approvers;
     }
 
     /** Every named catalog variable of the item, name -> stored value (a sys_id for reference variables). */

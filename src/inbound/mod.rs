@@ -2,6 +2,7 @@
 //!
 //! `RawRequest` --`Source::verify`--> `VerifiedWebhook` --`parse`--> `IncomingEvent`. Nothing else builds one.
 
+pub mod normalize;
 pub mod schemes;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{EventId, IncomingEvent};
+use normalize::TicketMapping;
 use schemes::{Proof, RawRequest, Rejection, Scheme, SchemeName};
 
 const JIRA_DELIVERY_HEADER: &str = "x-atlassian-webhook-identifier";
@@ -52,6 +54,7 @@ pub struct Source {
     max_body_bytes: usize,
     delivery_id: DeliveryIdRule,
     schemes: Vec<Scheme>,
+    tickets: TicketMapping,
 }
 
 impl fmt::Debug for Source {
@@ -95,8 +98,14 @@ impl Source {
         max_body_bytes: usize,
         delivery_id: DeliveryIdRule,
         schemes: Vec<Scheme>,
+        tickets: TicketMapping,
     ) -> Self {
-        Source { name, kind, max_body_bytes, delivery_id, schemes }
+        Source { name, kind, max_body_bytes, delivery_id, schemes, tickets }
+    }
+
+    /// How to read this source's tickets.
+    pub fn tickets(&self) -> &TicketMapping {
+        &self.tickets
     }
 
     pub fn name(&self) -> &str {

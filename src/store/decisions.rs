@@ -29,6 +29,7 @@ pub struct StoredDecision {
 }
 
 type ClaimRow = (String, String, String, Option<String>, i64, i64);
+type DecisionRow = (String, Option<String>, Option<String>, String, i64);
 
 const CLAIM_SQLITE: &str = "UPDATE events
     SET state = 'deciding', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1
@@ -126,7 +127,7 @@ impl Store {
     }
 
     pub async fn decision(&self, event: EventId) -> Result<Option<StoredDecision>, StoreError> {
-        let row: Option<(String, Option<String>, Option<String>, String, i64)> = on_pool!(self, |pool, _begin| {
+        let row: Option<DecisionRow> = on_pool!(self, |pool, _begin| {
             sqlx::query_as("SELECT outcome, code, ticket_key, detail, decided_at_ms FROM decisions WHERE event_id = $1")
                 .bind(event.to_string())
                 .fetch_optional(pool)

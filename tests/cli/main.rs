@@ -5,5 +5,6 @@
 mod common;
 
 mod check_config;
+mod plan;
 mod process;
 mod serve;
