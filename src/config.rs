@@ -12,9 +12,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::decide::PrincipalConfig;
+use crate::entra::{Entra, EntraConfig};
 use crate::inbound::normalize::TicketMappingConfig;
 use crate::inbound::schemes::SchemeConfig;
 use crate::inbound::{DeliveryIdRule, Source, SourceKind};
+use crate::itsm::{ItsmApi, ItsmApiConfig};
 use crate::policy::{Policy, PolicyConfig};
 use crate::secret::{Secret, SecretRef};
 
@@ -68,6 +71,20 @@ struct RawConfig {
     sources: BTreeMap<String, Spanned<RawSource>>,
     #[serde(default)]
     policy: PolicyConfig,
+    entra: Option<EntraConfig>,
+    #[serde(default)]
+    principals: PrincipalConfig,
+    #[serde(default)]
+    workers: RawWorkers,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    count: Option<usize>,
+    lease_secs: Option<u64>,
+    poll_ms: Option<u64>,
+    max_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +128,9 @@ struct RawSource {
     #[serde(default)]
     verify: Vec<Spanned<SchemeConfig>>,
     ticket: Option<TicketMappingConfig>,
+    api: Option<ItsmApiConfig>,
+    /// Confirm approvals with `api` before any grant; default: yes whenever `api` is configured.
+    confirm: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +159,22 @@ pub struct Settings {
     pub log: LogSettings,
     pub sources: Vec<Source>,
     pub policy: Policy,
+    pub entra: Option<Entra>,
+    pub principals: PrincipalConfig,
+    pub workers: WorkerSettings,
+}
+
+/// `[workers]`: how events are decided in the background.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// 0 runs intake only (an API-only replica); other replicas do the work.
+    pub count: usize,
+    /// How long a worker owns an event it claimed; a crashed worker's events are taken over after it.
+    pub lease: Duration,
+    /// How often idle workers look for events whose retry time or lease has come (new events wake them at once).
+    pub poll: Duration,
+    /// Tries before an event whose upstreams stay unreachable is refused.
+    pub max_attempts: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -301,11 +337,37 @@ impl Settings {
                 let at = here(scheme.span(), &format!("{key}.verify[{i}]"));
                 schemes.push(scheme.into_inner().build(&at)?);
             }
-            let tickets = src.ticket.unwrap_or_default().build(src.kind, &here(span, &format!("{key}.ticket")))?;
-            sources.push(Source::new(name, src.kind, max_body_bytes, delivery_id, schemes, tickets));
+            let tickets =
+                src.ticket.unwrap_or_default().build(src.kind, &here(span.clone(), &format!("{key}.ticket")))?;
+            let api_at = here(span.clone(), &format!("{key}.api"));
+            let api = match src.api {
+                Some(api) => Some(match src.kind {
+                    SourceKind::Jira => ItsmApi::Jira(api.build_jira(&api_at)?),
+                    SourceKind::Servicenow => ItsmApi::ServiceNow(api.build_servicenow(&api_at)?),
+                }),
+                None => None,
+            };
+            if src.confirm == Some(true) && api.is_none() {
+                return Err(ConfigError::at(
+                    here(span, &format!("{key}.confirm")),
+                    "confirming approvals needs the ticketing API: add [sources.NAME.api]",
+                ));
+            }
+            let confirm = src.confirm.unwrap_or(api.is_some());
+            sources.push(
+                Source::new(name, src.kind, max_body_bytes, delivery_id, schemes, tickets).with_api(api, confirm),
+            );
         }
         let names: Vec<&str> = sources.iter().map(Source::name).collect();
         let policy = raw.policy.build(origin, &names)?;
+        let entra = raw.entra.map(|e| e.build(&format!("{origin}: entra"))).transpose()?;
+        raw.principals.validate(&format!("{origin}: principals"))?;
+        let workers = WorkerSettings {
+            count: raw.workers.count.unwrap_or(2),
+            lease: Duration::from_secs(raw.workers.lease_secs.unwrap_or(120).max(1)),
+            poll: Duration::from_millis(raw.workers.poll_ms.unwrap_or(1_000).max(10)),
+            max_attempts: raw.workers.max_attempts.unwrap_or(6).max(1),
+        };
 
         Ok(Settings {
             origin: origin.to_string(),
@@ -316,6 +378,9 @@ impl Settings {
             log,
             sources,
             policy,
+            entra,
+            principals: raw.principals,
+            workers,
         })
     }
 }

@@ -2,9 +2,10 @@
 //! queued up in a single transaction. One fsync then acknowledges many requests, which is what lets durable
 //! (synchronous=FULL) intake keep up with thousands of requests per second.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::IntakeSettings;
@@ -30,9 +31,10 @@ pub enum IntakeError {
 }
 
 impl Intake {
-    pub fn start(store: Store, settings: &IntakeSettings) -> (Intake, JoinHandle<()>) {
+    /// `wake` is notified whenever new events were stored, so that workers start on them at once.
+    pub fn start(store: Store, settings: &IntakeSettings, wake: Arc<Notify>) -> (Intake, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(settings.queue_capacity);
-        let writer = tokio::spawn(write_batches(store, rx, settings.max_batch));
+        let writer = tokio::spawn(write_batches(store, rx, settings.max_batch, wake));
         (Intake { queue, timeout: settings.store_timeout }, writer)
     }
 
@@ -48,7 +50,7 @@ impl Intake {
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize, wake: Arc<Notify>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         // A requester that gave up (timeout) must not cost a write.
@@ -61,6 +63,9 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
         drop(events);
         match result {
             Ok(outcomes) => {
+                if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
+                    wake.notify_waiters();
+                }
                 for (pending, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = pending.reply.send(Ok(outcome));
                 }
@@ -78,6 +83,9 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
                             Err(())
                         }
                     };
+                    if matches!(reply, Ok(Inserted::Accepted(_))) {
+                        wake.notify_waiters();
+                    }
                     let _ = pending.reply.send(reply);
                 }
             }

@@ -15,6 +15,7 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str), u64>>,
     verification_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
+    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     duration: Histogram,
 }
 
@@ -43,6 +44,11 @@ impl Metrics {
         bump(&self.verification_failures, source, reason);
     }
 
+    /// `outcome` is `plan`, `ignored`, or the refusal code.
+    pub fn record_decision(&self, source: &str, outcome: &'static str) {
+        bump(&self.decisions, source, outcome);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
@@ -58,6 +64,13 @@ impl Metrics {
             "Webhook requests refused by signature verification, by source and reason.",
             "reason",
             &self.verification_failures,
+        );
+        render_counter(
+            &mut out,
+            "grantbridge_decisions_total",
+            "Decisions about stored events, by source and outcome (plan, ignored, or the refusal code).",
+            "outcome",
+            &self.decisions,
         );
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");

@@ -7,20 +7,25 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use anyhow::Context;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
+use crate::decide::Decider;
 use crate::http::{self, AppState};
 use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::worker::{Worker, WorkerContext, Workers};
 
 pub struct Application {
     port: u16,
     server: Server,
     intake_writer: JoinHandle<()>,
     store: Store,
+    workers: Workers,
+    work: Arc<WorkerContext>,
 }
 
 impl Application {
@@ -40,7 +45,8 @@ impl Application {
         let listener =
             TcpListener::bind(settings.listen).with_context(|| format!("Failed to listen on {}", settings.listen))?;
         let port = listener.local_addr().context("Failed to read the bound address")?.port();
-        let (intake, intake_writer) = Intake::start(store.clone(), &settings.intake);
+        let wake = Arc::new(Notify::new());
+        let (intake, intake_writer) = Intake::start(store.clone(), &settings.intake, wake.clone());
         let max_body_bytes = settings.sources.iter().map(|s| s.max_body_bytes()).max().unwrap_or(0);
         for source in &settings.sources {
             if source.schemes().iter().all(|s| s.name().is_weak()) {
@@ -52,10 +58,24 @@ impl Application {
         }
         let sources: HashMap<String, Arc<Source>> =
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
-        let state =
-            AppState { sources, max_body_bytes, intake, store: store.clone(), metrics: Arc::new(Metrics::default()) };
+        let metrics = Arc::new(Metrics::default());
+        let decider = Decider {
+            policy: Arc::new(settings.policy),
+            directory: settings.entra.map(|e| e.directory),
+            principals: settings.principals,
+        };
+        let work = Arc::new(WorkerContext {
+            store: store.clone(),
+            decider,
+            sources: sources.clone(),
+            settings: settings.workers,
+            metrics: metrics.clone(),
+            wake,
+        });
+        let state = AppState { sources, max_body_bytes, intake, store: store.clone(), metrics };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
-        Ok(Application { port, server, intake_writer, store })
+        let workers = Workers::spawn(work.clone());
+        Ok(Application { port, server, intake_writer, store, workers, work })
     }
 
     pub fn port(&self) -> u16 {
@@ -66,12 +86,18 @@ impl Application {
         self.server.handle()
     }
 
+    /// A worker of this application's own, for tests that decide events deterministically (`run_pending`).
+    pub fn worker(&self) -> Worker {
+        Worker::new(self.work.clone(), usize::MAX)
+    }
+
     /// Serves until the handle stops the server, then lets the intake writer finish what it holds.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await.context("The HTTP server failed")?;
         if tokio::time::timeout(Duration::from_secs(30), self.intake_writer).await.is_err() {
             tracing::warn!("the intake writer did not finish within 30 s of shutdown");
         }
+        self.workers.shutdown(Duration::from_secs(30)).await;
         self.store.close().await;
         Ok(())
     }

@@ -1,8 +1,13 @@
 //! Deciding one event: normalize the ticket, match the policy, gather the facts the rules need (confirmation
 //! with the ticketing system, who receives access, who approved), then let the policy decide.
 
+mod confirm;
+mod online;
+mod principal;
 mod report;
 
+pub use online::Decider;
+pub use principal::{DomainRewrite, PrincipalConfig};
 pub use report::render;
 
 use serde::Serialize;
@@ -11,6 +16,11 @@ use crate::domain::{Confirmation, Decision, PersonRef, Principal, Refusal, Refus
 use crate::inbound::Source;
 use crate::inbound::normalize::{Normalized, normalize};
 use crate::policy::{ApproverFacts, Facts, Policy};
+
+/// An upstream could not be reached; deciding is retried later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Transient(pub String);
 
 /// A decision and the ticket it is about (none when the event was not a ticket event).
 #[derive(Debug, Clone, Serialize)]
@@ -55,7 +65,7 @@ pub fn decide_offline(policy: &Policy, source: &Source, body: &str, received_at_
 }
 
 /// An approved ticket that names nobody to receive access cannot be granted, whatever the policy says.
-fn missing_receiver(ticket: &TicketEvent) -> Option<Decision> {
+pub(crate) fn missing_receiver(ticket: &TicketEvent) -> Option<Decision> {
     let missing =
         ticket.action == TicketAction::Approved && ticket.requested_for.as_ref().is_none_or(PersonRef::is_empty);
     missing.then(|| {
@@ -66,7 +76,7 @@ fn missing_receiver(ticket: &TicketEvent) -> Option<Decision> {
     })
 }
 
-fn offline_principal(ticket: &TicketEvent) -> Principal {
+pub(crate) fn offline_principal(ticket: &TicketEvent) -> Principal {
     let person = ticket.requested_for.clone().unwrap_or_default();
     let shown = person.email.clone().or(person.name.clone()).or(person.id.clone()).unwrap_or_default();
     Principal {

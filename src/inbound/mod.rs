@@ -13,6 +13,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{EventId, IncomingEvent};
+use crate::itsm::ItsmApi;
 use normalize::TicketMapping;
 use schemes::{Proof, RawRequest, Rejection, Scheme, SchemeName};
 
@@ -55,6 +56,8 @@ pub struct Source {
     delivery_id: DeliveryIdRule,
     schemes: Vec<Scheme>,
     tickets: TicketMapping,
+    api: Option<ItsmApi>,
+    confirm: bool,
 }
 
 impl fmt::Debug for Source {
@@ -65,6 +68,8 @@ impl fmt::Debug for Source {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("delivery_id", &self.delivery_id)
             .field("schemes", &self.schemes.iter().map(|s| s.name().as_str()).collect::<Vec<_>>())
+            .field("api", &self.api.is_some())
+            .field("confirm", &self.confirm)
             .finish()
     }
 }
@@ -100,7 +105,23 @@ impl Source {
         schemes: Vec<Scheme>,
         tickets: TicketMapping,
     ) -> Self {
-        Source { name, kind, max_body_bytes, delivery_id, schemes, tickets }
+        Source { name, kind, max_body_bytes, delivery_id, schemes, tickets, api: None, confirm: false }
+    }
+
+    /// The ticketing API to read tickets back from, and whether approvals must be confirmed with it.
+    pub fn with_api(mut self, api: Option<ItsmApi>, confirm: bool) -> Self {
+        self.api = api;
+        self.confirm = confirm;
+        self
+    }
+
+    pub fn api(&self) -> Option<&ItsmApi> {
+        self.api.as_ref()
+    }
+
+    /// Whether approvals are read back from the ticketing system before any grant.
+    pub fn confirms(&self) -> bool {
+        self.confirm && self.api.is_some()
     }
 
     /// How to read this source's tickets.

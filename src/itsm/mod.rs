@@ -7,3 +7,9 @@ mod servicenow;
 pub use config::{ItsmApiConfig, ItsmAuthConfig};
 pub use jira::{JiraAuth, JiraClient, JsmApproval};
 pub use servicenow::{ServiceNowAuth, ServiceNowClient};
+
+/// A source's ticketing API: confirms approvals and looks people up.
+pub enum ItsmApi {
+    Jira(JiraClient),
+    ServiceNow(ServiceNowClient),
+}

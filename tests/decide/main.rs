@@ -6,3 +6,4 @@
 mod common;
 
 mod normalize;
+mod pipeline;

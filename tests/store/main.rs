@@ -182,7 +182,8 @@ both_backends! {
             queue_capacity: 64,
             store_timeout: std::time::Duration::from_secs(10),
         };
-        let (intake, writer) = grantbridge::intake::Intake::start(store.clone(), &settings);
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (intake, writer) = grantbridge::intake::Intake::start(store.clone(), &settings, wake);
         let maker = Maker::new();
         let good: Vec<IncomingEvent> =
             (0..5).map(|i| maker.event(Some(&format!("good-{i}")), &format!(r#"{{"ok": {i}}}"#))).collect();

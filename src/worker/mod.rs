@@ -1,0 +1,171 @@
+//! Background workers: claim a stored event (lease), decide it with no transaction open, record the decision.
+//! New events wake them at once; a timer catches retries and leases left behind by a crashed replica.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::WorkerSettings;
+use crate::decide::{Decided, Decider};
+use crate::domain::{Decision, Refusal, RefusalCode};
+use crate::inbound::{Source, unix_millis};
+use crate::metrics::Metrics;
+use crate::store::{ClaimedEvent, Store, StoreError, StoredDecision};
+
+/// What a worker needs; shared by all workers of a process.
+pub struct WorkerContext {
+    pub store: Store,
+    pub decider: Decider,
+    pub sources: HashMap<String, Arc<Source>>,
+    pub settings: WorkerSettings,
+    pub metrics: Arc<Metrics>,
+    /// Notified by the intake when it stored new events.
+    pub wake: Arc<Notify>,
+}
+
+pub struct Worker {
+    id: String,
+    ctx: Arc<WorkerContext>,
+}
+
+impl Worker {
+    pub fn new(ctx: Arc<WorkerContext>, index: usize) -> Worker {
+        // Unique per process and start, so a restarted replica never mistakes an old lease for its own.
+        Worker { id: format!("{}-{}-{index}", std::process::id(), uuid::Uuid::now_v7().simple()), ctx }
+    }
+
+    /// Claims and decides one event; `Ok(false)` when there was nothing to do.
+    pub async fn run_once(&self) -> Result<bool, StoreError> {
+        let now = unix_millis(SystemTime::now());
+        let Some(event) = self.ctx.store.claim_event(&self.id, now, self.ctx.settings.lease).await? else {
+            return Ok(false);
+        };
+        self.process(event).await?;
+        Ok(true)
+    }
+
+    /// Decides everything that is due, then returns: what tests call instead of sleeping.
+    pub async fn run_pending(&self) -> Result<usize, StoreError> {
+        let mut done = 0;
+        while self.run_once().await? {
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    #[tracing::instrument(name = "decide", skip_all, fields(event_id = %event.id, source = %event.source, attempt = event.attempts))]
+    async fn process(&self, event: ClaimedEvent) -> Result<(), StoreError> {
+        let ctx = &self.ctx;
+        let Some(source) = ctx.sources.get(&event.source) else {
+            let reason = format!("source `{}` is no longer configured", event.source);
+            return self.record(&event, Decided { ticket: None, decision: Decision::Ignored { reason } }).await;
+        };
+        let decided = ctx.decider.decide(source, &event.body, event.delivery_id.as_deref(), event.received_at_ms).await;
+        match decided {
+            Ok(decided) => self.record(&event, decided).await,
+            Err(transient) if event.attempts < ctx.settings.max_attempts => {
+                let delay = retry_delay(event.attempts);
+                tracing::warn!(error = %transient, retry_in_secs = delay.as_secs(), "deciding postponed");
+                let at = unix_millis(SystemTime::now() + delay);
+                ctx.store.release_event(event.id, &self.id, at).await
+            }
+            Err(transient) => {
+                let message = format!("gave up after {} attempts: {transient}", event.attempts);
+                let refusal = Refusal::new(RefusalCode::ConfirmationUnavailable, message);
+                self.record(&event, Decided { ticket: None, decision: Decision::Refused(refusal) }).await
+            }
+        }
+    }
+
+    async fn record(&self, event: &ClaimedEvent, decided: Decided) -> Result<(), StoreError> {
+        let (code, label) = match &decided.decision {
+            Decision::Refused(r) => (Some(r.code.as_str().to_string()), r.code.as_str()),
+            other => (None, other.outcome()),
+        };
+        let stored = StoredDecision {
+            outcome: decided.decision.outcome().to_string(),
+            code,
+            ticket_key: decided.ticket.as_ref().map(|t| t.ticket_key.clone()),
+            detail: serde_json::to_string(&decided).unwrap_or_else(|_| "{}".to_string()),
+            decided_at_ms: unix_millis(SystemTime::now()),
+        };
+        let kept = self.ctx.store.record_decision(event.id, &self.id, decided.state(), &stored).await?;
+        if kept {
+            self.ctx.metrics.record_decision(&event.source, label);
+            tracing::info!(outcome = %stored.outcome, code = stored.code.as_deref(), ticket = stored.ticket_key.as_deref(), "event decided");
+        } else {
+            tracing::warn!("lease lost while deciding: another worker took the event over; this decision is dropped");
+        }
+        Ok(())
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let wake = self.ctx.wake.clone();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            // Registered before looking, so a wake-up between the empty claim and the wait is not lost.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.run_once().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "worker cannot reach the store"),
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(self.ctx.settings.poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// 5 s, 10 s, 20 s ... up to 10 minutes, with jitter so that replicas do not retry in step.
+fn retry_delay(attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 10)).unwrap_or(10);
+    let base = Duration::from_secs(5).saturating_mul(2u32.saturating_pow(exp)).min(Duration::from_secs(600));
+    base + Duration::from_millis(fastrand::u64(0..1_000))
+}
+
+/// The running workers of a process.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn spawn(ctx: Arc<WorkerContext>) -> Workers {
+        let (stop, rx) = watch::channel(false);
+        let handles =
+            (0..ctx.settings.count).map(|i| tokio::spawn(Worker::new(ctx.clone(), i).run(rx.clone()))).collect();
+        Workers { stop, handles }
+    }
+
+    /// Lets each worker finish the event in hand, then stops them.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for handle in self.handles {
+            if tokio::time::timeout(grace, handle).await.is_err() {
+                tracing::warn!("a worker did not finish its event within the shutdown grace period");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        assert!(retry_delay(1) >= std::time::Duration::from_secs(5));
+        assert!(retry_delay(2) >= std::time::Duration::from_secs(10));
+        assert!(retry_delay(50) <= std::time::Duration::from_secs(601));
+    }
+}

@@ -1,0 +1,340 @@
+//! Stored webhook -> worker -> decision, with Jira, ServiceNow, the token endpoint and Graph as local fakes.
+
+use grantbridge::startup::Application;
+use grantbridge::store::Store;
+use serde_json::{Value, json};
+use wiremock::matchers::{body_string_contains, method, path, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::both_backends;
+use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
+
+const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
+const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
+const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
+const APPROVERS_GROUP: &str = "11111111-2222-4333-8444-555555555555";
+const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
+const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
+
+struct Fakes {
+    jira: MockServer,
+    servicenow: MockServer,
+    entra: MockServer,
+}
+
+struct TestApp {
+    app_worker: grantbridge::worker::Worker,
+    store: Store,
+    client: reqwest::Client,
+    address: String,
+    _db: TestDb,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    async fn deliver(&self, source: &str, fixture_name: &str) -> String {
+        let body = std::fs::read_to_string(fixture(fixture_name)).unwrap();
+        let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
+        request = request.header("Content-Type", "application/json");
+        if source == "jira" {
+            request = request.header("X-Hub-Signature", sign::hub_signature("jira-secret", body.as_bytes()));
+        } else {
+            let ts = sign::now().to_string();
+            request = request
+                .header("X-Timestamp", &ts)
+                .header("X-Signature", sign::servicenow_timestamped("sn-secret", &ts, body.as_bytes()));
+        }
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "accepted", "{answer}");
+        answer["event_id"].as_str().unwrap().to_string()
+    }
+
+    /// Runs the worker until nothing is due, then returns the stored decision's detail.
+    async fn decision(&self, event_id: &str) -> Value {
+        self.app_worker.run_pending().await.unwrap();
+        let id = grantbridge::domain::EventId::parse(event_id).unwrap();
+        let stored = self.store.decision(id).await.unwrap().expect("a decision is stored");
+        let detail: Value = serde_json::from_str(&stored.detail).unwrap();
+        assert_eq!(detail["decision"]["outcome"], stored.outcome);
+        detail
+    }
+}
+
+async fn fakes() -> Fakes {
+    let fakes = Fakes {
+        jira: MockServer::start().await,
+        servicenow: MockServer::start().await,
+        entra: MockServer::start().await,
+    };
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
+        )
+        .mount(&fakes.entra)
+        .await;
+    let user = |id: &str, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true});
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users/riley.requester@example.com"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user(RILEY_ID, "riley.requester@example.com")))
+        .mount(&fakes.entra)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users/avery.approver@example.com"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(user(AVERY_ID, "avery.approver@example.com")))
+        .mount(&fakes.entra)
+        .await;
+    fakes
+}
+
+async fn mount_not_found_users(fakes: &Fakes) {
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1.0/users/.+"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(
+            json!({"error": {"code": "Request_ResourceNotFound", "message": "Resource does not exist."}}),
+        ))
+        .mount(&fakes.entra)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})))
+        .mount(&fakes.entra)
+        .await;
+}
+
+async fn spawn(backend: Backend, fakes: &Fakes, rule_extra: &str, workers_extra: &str) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let dir = TempDir::new();
+    let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
+    let (jira_secret, sn_secret, token, password, client_secret) = (
+        s("j", "jira-secret"),
+        s("s", "sn-secret"),
+        s("t", "jira-api-token"),
+        s("p", "sn-password"),
+        s("c", "entra-client-secret"),
+    );
+    let config = format!(
+        r#"
+[server]
+workers = 1
+[workers]
+count = 0
+{workers_extra}
+
+[sources.jira]
+kind = "jira"
+[[sources.jira.verify]]
+scheme = "jira_hub_signature"
+secrets = [{{ file = "{jira_secret}" }}]
+[sources.jira.ticket]
+request_type_field = "customfield_10010"
+approvals_field = "customfield_10020"
+[sources.jira.api]
+base_url = "{jira}"
+auth = {{ kind = "basic", email = "bot@example.com", api_token = {{ file = "{token}" }} }}
+
+[sources.servicenow]
+kind = "servicenow"
+[[sources.servicenow.verify]]
+scheme = "hmac_sha256"
+header = "X-Signature"
+timestamp_header = "X-Timestamp"
+secrets = [{{ file = "{sn_secret}" }}]
+[sources.servicenow.api]
+base_url = "{servicenow}"
+auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{password}" }} }}
+
+[entra]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+client_secret = {{ file = "{client_secret}" }}
+authority = "{entra}"
+graph_url = "{entra}/v1.0"
+
+[[policy.rules]]
+name = "portal-access"
+request_types = ["Permissions portal access"]
+{rule_extra}
+[[policy.rules.grants]]
+kind = "group_member"
+group_id = "{PORTAL_GROUP}"
+label = "EPM - User Portal Access"
+"#,
+        jira = fakes.jira.uri(),
+        servicenow = fakes.servicenow.uri(),
+        entra = fakes.entra.uri(),
+    );
+    let settings = settings_from(&config, &db);
+    let app = Application::build(settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let app_worker = app.worker();
+    tokio::spawn(app.run_until_stopped());
+    let store = db.store().await;
+    TestApp { app_worker, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
+}
+
+fn json_fixture(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+}
+
+async fn servicenow_says(fakes: &Fakes, record: &str) {
+    Mock::given(method("GET"))
+        .and(path("/api/now/table/sc_req_item/9d385017c611228701d22104cc95c371"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(record)))
+        .mount(&fakes.servicenow)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/now/table/sysapproval_approver"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture("servicenow/table-approvals.json")))
+        .mount(&fakes.servicenow)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/now/table/sys_user/46d44a5fa9fe198101e4d1c2b8a1e9a8"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": "46d44a5fa9fe198101e4d1c2b8a1e9a8", "user_name": "avery.approver", "email": "avery.approver@example.com"}})))
+        .mount(&fakes.servicenow)
+        .await;
+}
+
+async fn jira_says(fakes: &Fakes, approvals: &str, issue: Value) {
+    Mock::given(method("GET"))
+        .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(approvals)))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACCESS-42"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(issue))
+        .mount(&fakes.jira)
+        .await;
+}
+
+fn jira_issue() -> Value {
+    json_fixture("jira/issue-updated-approved.json")["issue"].clone()
+}
+
+both_backends! {
+    async fn servicenow_approval_confirmed_becomes_a_plan_for_the_resolved_user(backend: Backend) {
+        let fakes = fakes().await;
+        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        let app = spawn(backend, &fakes, "", "").await;
+        let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+        let detail = app.decision(&id).await;
+        let plan = &detail["decision"];
+        assert_eq!(plan["outcome"], "plan", "{detail}");
+        assert_eq!(plan["confirmation"]["status"], "confirmed");
+        assert_eq!(plan["principal"]["object_id"], RILEY_ID);
+        assert_eq!(plan["grants"][0]["target"], json!({"kind": "group_member", "group_id": PORTAL_GROUP}));
+        assert_eq!(plan["dry_run"], false);
+        assert_eq!(detail["ticket"]["ticket_key"], "RITM0010001");
+        let event = app.store.event(grantbridge::domain::EventId::parse(&id).unwrap()).await.unwrap().unwrap();
+        assert_eq!(event.state, "decided");
+    }
+}
+
+#[tokio::test]
+async fn servicenow_read_back_still_pending_refuses() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-requested.json").await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["outcome"], "refused", "{detail}");
+    assert_eq!(detail["decision"]["code"], "not_approved");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("`requested`"), "{detail}");
+    let requests = fakes.entra.received_requests().await.unwrap();
+    assert!(requests.is_empty(), "nobody is looked up in Entra for a refused ticket");
+}
+
+#[tokio::test]
+async fn jira_pending_approval_refuses_and_confirmed_one_plans() {
+    let fakes = fakes().await;
+    jira_says(&fakes, "jira/approvals-pending.json", jira_issue()).await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "not_approved", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("still pending"));
+
+    let fakes = fakes_with_jira("jira/approvals-approved.json", jira_issue()).await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["outcome"], "plan", "{detail}");
+    assert_eq!(detail["decision"]["principal"]["object_id"], RILEY_ID);
+    assert!(detail["decision"]["confirmation"]["detail"].as_str().unwrap().contains("Avery Approver"));
+}
+
+async fn fakes_with_jira(approvals: &str, issue: Value) -> Fakes {
+    let fakes = fakes().await;
+    jira_says(&fakes, approvals, issue).await;
+    fakes
+}
+
+#[tokio::test]
+async fn jira_read_back_naming_another_person_refuses() {
+    let mut issue = jira_issue();
+    issue["fields"]["reporter"] = json!({"accountId": "557058:someone-else", "displayName": "Someone Else"});
+    let fakes = fakes_with_jira("jira/approvals-approved.json", issue).await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "confirmation_failed", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("Someone Else"), "{detail}");
+}
+
+#[tokio::test]
+async fn an_unknown_receiver_is_refused_not_retried() {
+    let fakes = Fakes {
+        jira: MockServer::start().await,
+        servicenow: MockServer::start().await,
+        entra: MockServer::start().await,
+    };
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "t"})),
+        )
+        .mount(&fakes.entra)
+        .await;
+    mount_not_found_users(&fakes).await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "principal_not_found", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("riley.requester@example.com"));
+}
+
+#[tokio::test]
+async fn an_approver_outside_the_required_group_is_refused() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1.0/users/{AVERY_ID}/checkMemberGroups")))
+        .and(body_string_contains(APPROVERS_GROUP))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": []})))
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, &format!("approver_group = \"{APPROVERS_GROUP}\""), "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "approver_not_authorized", "{detail}");
+}
+
+#[tokio::test]
+async fn an_unreachable_ticketing_system_is_retried_then_refused() {
+    let fakes = fakes().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "0"))
+        .mount(&fakes.servicenow)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "max_attempts = 1").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "confirmation_unavailable", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("gave up after 1 attempts"), "{detail}");
+    let calls = fakes.servicenow.received_requests().await.unwrap().len();
+    assert!(calls >= 2, "the client retried the 503 before the worker gave up ({calls} calls)");
+}
