@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseSettings, EnvOverrides, LogFormat, LogSettings, Settings};
-use crate::decide;
+use crate::decide::{self, Decider};
 use crate::inbound::schemes::Outgoing;
 use crate::inbound::{DeliveryIdRule, Source, SourceKind, unix_millis};
 use crate::startup::Application;
@@ -43,8 +43,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Show what a ticket payload would cause: the decision, offline (the approval is not confirmed and nobody
-    /// is looked up in Entra, so it is a dry run).
+    /// Show what a ticket payload would cause. Offline by default (the approval is not confirmed and nobody is
+    /// looked up in Entra, so it is a dry run); --confirm decides as the service would.
     Plan {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -55,6 +55,9 @@ enum Command {
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
+        /// Decide as a worker would: confirm the approval with the ticketing system and look people up in Entra.
+        #[arg(long)]
+        confirm: bool,
     },
     /// Sign a JSON payload exactly as a configured source would, and POST it: how to test a setup end to end.
     Send {
@@ -96,7 +99,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&config).await.map(|()| ExitCode::SUCCESS),
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
-        Command::Plan { config, source, file, json } => plan(&config, &source, &file, json),
+        Command::Plan { config, source, file, json, confirm } => plan(&config, &source, &file, json, confirm).await,
         Command::Send { config, source, file, url, signing_key } => {
             send(&config, &source, &file, url.as_deref(), signing_key.as_deref()).await
         }
@@ -195,11 +198,21 @@ async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plan(config: &Path, source_name: &str, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+async fn plan(config: &Path, source_name: &str, file: &Path, json: bool, confirm: bool) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let source = find_source(&settings, source_name, config)?;
     let body = std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?;
-    let decided = decide::decide_offline(&settings.policy, source, &body, unix_millis(SystemTime::now()));
+    let now = unix_millis(SystemTime::now());
+    let decided = if confirm {
+        let decider = Decider {
+            policy: std::sync::Arc::new(settings.policy.clone()),
+            directory: settings.entra.as_ref().map(|e| e.directory.clone()),
+            principals: settings.principals.clone(),
+        };
+        decider.decide(source, &body, None, now).await.context("An upstream did not answer; try again later")?
+    } else {
+        decide::decide_offline(&settings.policy, source, &body, now)
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&decided).context("Failed to print the decision")?);
     } else {

@@ -72,7 +72,7 @@ impl Application {
             metrics: metrics.clone(),
             wake,
         });
-        let state = AppState { sources, max_body_bytes, intake, store: store.clone(), metrics };
+        let state = AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
         let workers = Workers::spawn(work.clone());
         Ok(Application { port, server, intake_writer, store, workers, work })

@@ -30,6 +30,10 @@ pub enum ApiError {
     NotReady,
     #[error("no such route")]
     NotFound,
+    #[error("this route answers requests from the service's own host only")]
+    Forbidden,
+    #[error("an upstream service did not answer; retry later")]
+    UpstreamUnavailable,
     #[error("this method is not allowed here; use {allow}")]
     MethodNotAllowed { allow: &'static str },
 }
@@ -47,6 +51,8 @@ impl ApiError {
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::NotReady => "not_ready",
             ApiError::NotFound => "not_found",
+            ApiError::Forbidden => "forbidden",
+            ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
@@ -73,7 +79,10 @@ impl ResponseError for ApiError {
             ApiError::MalformedPayload(_) | ApiError::InvalidDeliveryId | ApiError::UnreadableBody => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::StoreUnavailable | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::NotReady | ApiError::UpstreamUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -81,7 +90,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::StoreUnavailable | ApiError::NotReady => {
+            ApiError::StoreUnavailable | ApiError::NotReady | ApiError::UpstreamUnavailable => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
             }
             ApiError::Unauthenticated => {

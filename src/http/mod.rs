@@ -2,6 +2,7 @@
 
 mod error;
 mod health;
+mod plan;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -17,9 +18,12 @@ use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::worker::WorkerContext;
 
 pub struct AppState {
     pub sources: HashMap<String, Arc<Source>>,
+    /// The deciding side, for `/v1/plan`.
+    pub work: Arc<WorkerContext>,
     /// The largest body any source accepts: a declared length above it is refused before the source lookup.
     pub max_body_bytes: usize,
     pub intake: Intake,
@@ -31,6 +35,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/{source}")
             .route(web::post().to(webhooks::receive))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/plan")
+            .route(web::post().to(plan::plan))
             .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(read_only("/healthz").route(web::get().to(health::healthz)).route(web::head().to(health::healthz)))

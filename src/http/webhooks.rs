@@ -110,7 +110,7 @@ fn is_json_or_absent(request: &HttpRequest) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+pub(super) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::UnreadableBody)?;

@@ -338,3 +338,40 @@ async fn an_unreachable_ticketing_system_is_retried_then_refused() {
     let calls = fakes.servicenow.received_requests().await.unwrap().len();
     assert!(calls >= 2, "the client retried the 503 before the worker gave up ({calls} calls)");
 }
+
+#[tokio::test]
+async fn plan_over_http_offline_and_confirmed() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let payload = json_fixture("servicenow/ritm-approved.json");
+    let ask = |confirm: bool| {
+        app.client
+            .post(format!("{}/v1/plan", app.address))
+            .json(&json!({"source": "servicenow", "payload": payload, "confirm": confirm}))
+            .send()
+    };
+    let offline: Value = ask(false).await.unwrap().json().await.unwrap();
+    assert_eq!(offline["decision"]["outcome"], "plan", "{offline}");
+    assert_eq!(offline["decision"]["confirmation"]["status"], "skipped");
+    assert_eq!(offline["decision"]["dry_run"], true, "an offline plan is only a preview");
+    assert!(fakes.servicenow.received_requests().await.unwrap().is_empty(), "offline means no network");
+
+    let confirmed: Value = ask(true).await.unwrap().json().await.unwrap();
+    assert_eq!(confirmed["decision"]["confirmation"]["status"], "confirmed", "{confirmed}");
+    assert_eq!(confirmed["decision"]["principal"]["object_id"], RILEY_ID);
+    assert_eq!(app.store.count_events().await.unwrap(), 0, "planning stores nothing");
+
+    let unknown = app
+        .client
+        .post(format!("{}/v1/plan", app.address))
+        .json(&json!({"source": "nope", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let bad = app.client.post(format!("{}/v1/plan", app.address)).body("{\"source\": 1}").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_payload");
+}
