@@ -97,7 +97,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config } => serve(&config).await.map(|()| ExitCode::SUCCESS),
-        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::CheckConfig { config } => Ok(check_config(&config).await),
         Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
         Command::Plan { config, source, file, json, confirm } => plan(&config, &source, &file, json, confirm).await,
         Command::Send { config, source, file, url, signing_key } => {
@@ -107,7 +107,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: &Path) -> anyhow::Result<()> {
-    let settings = Settings::load(config)?;
+    let settings = Settings::load_online(config).await?;
     telemetry::init(&settings.log);
     let listen = settings.listen;
     let database = settings.database.display_url();
@@ -147,12 +147,18 @@ async fn wait_for_signal() {
     }
 }
 
-fn check_config(config: &Path) -> ExitCode {
-    match Settings::load(config) {
+async fn check_config(config: &Path) -> ExitCode {
+    match Settings::load_online(config).await {
         Ok(settings) => {
             println!("{}: OK", config.display());
             println!("  listen:   {}", settings.listen);
             println!("  database: {}", settings.database.display_url());
+            let policy = &settings.policy;
+            let dry = if policy.dry_run() { ", dry run" } else { "" };
+            println!("  policy:   {} rule(s), {}{dry}", policy.rules().len(), policy.mode().as_str());
+            for target in policy.declared_targets() {
+                println!("    target {} {}", target.target.kind(), target.label);
+            }
             for source in &settings.sources {
                 let schemes: Vec<&str> = source.schemes().iter().map(|s| s.name().as_str()).collect();
                 println!("  source {} ({}): {}", source.name(), source.kind().as_str(), schemes.join(", "));
@@ -199,7 +205,7 @@ async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 async fn plan(config: &Path, source_name: &str, file: &Path, json: bool, confirm: bool) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(config)?;
+    let settings = Settings::load_online(config).await?;
     let source = find_source(&settings, source_name, config)?;
     let body = std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?;
     let now = unix_millis(SystemTime::now());

@@ -242,15 +242,72 @@ impl Settings {
         Settings::parse(&text, &origin, &EnvOverrides::from_process())
     }
 
+    /// Like `load`, and resolves groups the policy names by `group_name` with Microsoft Graph (`[entra]`),
+    /// refusing a name that matches no group, several groups, or a group whose members Graph cannot change.
+    pub async fn load_online(path: &Path) -> Result<Settings, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::at(&origin, format!("cannot read the config file: {e}")))?;
+        let env = EnvOverrides::from_process();
+        let raw = raw_config(&text, &origin)?;
+        let names = raw.policy.group_names();
+        if names.is_empty() {
+            return Settings::parse(&text, &origin, &env);
+        }
+        let Some(entra) = raw.entra else {
+            let list: Vec<String> = names.into_iter().collect();
+            return Err(ConfigError::at(
+                format!("{origin}: policy"),
+                format!(
+                    "groups given by name ({}) are resolved with Microsoft Graph, which needs [entra]",
+                    list.join(", ")
+                ),
+            ));
+        };
+        let entra = entra.build(&format!("{origin}: entra"))?;
+        let mut ids = BTreeMap::new();
+        for name in names {
+            let at = format!("{origin}: policy: group_name `{name}`");
+            let groups = entra
+                .directory
+                .group_by_name(&name)
+                .await
+                .map_err(|e| ConfigError::at(&at, format!("cannot be resolved: {e}")))?;
+            let group = match groups.as_slice() {
+                [group] => group,
+                [] => return Err(ConfigError::at(at, "no Entra group has this display name")),
+                many => {
+                    return Err(ConfigError::at(
+                        at,
+                        format!("{} Entra groups have this display name: give the group_id instead", many.len()),
+                    ));
+                }
+            };
+            if group.is_dynamic() || group.is_synced_from_on_premises() {
+                let why = if group.is_dynamic() { "has dynamic membership" } else { "is synced from on-premises AD" };
+                return Err(ConfigError::at(
+                    at,
+                    format!("group {} {why}: its members cannot be changed through Microsoft Graph", group.id),
+                ));
+            }
+            ids.insert(name, group.id.clone());
+        }
+        Settings::parse_resolved(&text, &origin, &env, &ids)
+    }
+
     /// Validates config text; `origin` names it in errors (usually the file path).
     pub fn parse(text: &str, origin: &str, env: &EnvOverrides) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = match e.span() {
-                Some(span) => format!("{origin}:{}", line_col(text, span.start)),
-                None => origin.to_string(),
-            };
-            ConfigError::at(at, e.message().trim_end().to_string())
-        })?;
+        Settings::parse_resolved(text, origin, env, &BTreeMap::new())
+    }
+
+    fn parse_resolved(
+        text: &str,
+        origin: &str,
+        env: &EnvOverrides,
+        group_ids: &BTreeMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut raw = raw_config(text, origin)?;
+        raw.policy.resolve_group_names(group_ids);
         let here = |span: std::ops::Range<usize>, key: &str| format!("{origin}:{}: {key}", line_col(text, span.start));
 
         let listen_text = env.listen.clone().or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
@@ -383,6 +440,16 @@ impl Settings {
             workers,
         })
     }
+}
+
+fn raw_config(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let at = match e.span() {
+            Some(span) => format!("{origin}:{}", line_col(text, span.start)),
+            None => origin.to_string(),
+        };
+        ConfigError::at(at, e.message().trim_end().to_string())
+    })
 }
 
 fn build_database(raw: RawDatabase, env: &EnvOverrides, origin: &str) -> Result<DatabaseSettings, ConfigError> {

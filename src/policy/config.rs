@@ -102,6 +102,8 @@ impl GrantKind {
 pub struct GrantConfig {
     pub kind: GrantKind,
     pub group_id: Option<String>,
+    /// A group by display name instead of id: resolved with Microsoft Graph when the config is loaded online.
+    pub group_name: Option<String>,
     pub access: Option<String>,
     pub role_definition_id: Option<String>,
     pub directory_scope_id: Option<String>,
@@ -116,6 +118,7 @@ pub struct GrantConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub group_id: Option<String>,
+    pub group_name: Option<String>,
     pub access: Option<String>,
     pub role_definition_id: Option<String>,
     pub directory_scope_id: Option<String>,
@@ -124,9 +127,24 @@ pub struct TargetConfig {
 }
 
 impl TargetConfig {
+    fn resolve_group_name(&mut self, ids: &BTreeMap<String, String>) {
+        if self.group_id.is_none()
+            && let Some(name) = self.group_name.take()
+        {
+            match ids.get(&name) {
+                Some(id) => {
+                    self.group_id = Some(id.clone());
+                    self.label.get_or_insert(name);
+                }
+                None => self.group_name = Some(name),
+            }
+        }
+    }
+
     fn present_keys(&self) -> Vec<&'static str> {
         [
             ("group_id", self.group_id.is_some()),
+            ("group_name", self.group_name.is_some()),
             ("access", self.access.is_some()),
             ("role_definition_id", self.role_definition_id.is_some()),
             ("directory_scope_id", self.directory_scope_id.is_some()),
@@ -158,6 +176,38 @@ impl At<'_> {
 impl PolicyConfig {
     /// Validates the policy. `origin` prefixes error locations (usually the config file path); `known_sources`
     /// are the configured `[sources.NAME]` names that `sources = [...]` may refer to.
+    /// Every group given by `group_name`, to be resolved before `build`.
+    pub fn group_names(&self) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for grant in self.rules.iter().flat_map(|r| &r.grants) {
+            names.extend(grant.group_name.clone());
+            for option in grant.options.iter().flat_map(|o| o.values()) {
+                names.extend(option.group_name.clone());
+            }
+        }
+        names
+    }
+
+    /// Replaces each resolved `group_name` by its `group_id` (the name becomes the label unless one is given).
+    pub fn resolve_group_names(&mut self, ids: &BTreeMap<String, String>) {
+        for grant in self.rules.iter_mut().flat_map(|r| r.grants.iter_mut()) {
+            if grant.group_id.is_none()
+                && let Some(name) = grant.group_name.take()
+            {
+                match ids.get(&name) {
+                    Some(id) => {
+                        grant.group_id = Some(id.clone());
+                        grant.label.get_or_insert(name);
+                    }
+                    None => grant.group_name = Some(name),
+                }
+            }
+            for option in grant.options.iter_mut().flat_map(|o| o.values_mut()) {
+                option.resolve_group_name(ids);
+            }
+        }
+    }
+
     pub fn build(self, origin: &str, known_sources: &[&str]) -> Result<Policy, ConfigError> {
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
@@ -322,6 +372,7 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
 fn build_grant(g: GrantConfig, at: &At<'_>, key: &str) -> Result<GrantSpec, ConfigError> {
     let fixed = TargetConfig {
         group_id: g.group_id,
+        group_name: g.group_name,
         access: g.access,
         role_definition_id: g.role_definition_id,
         directory_scope_id: g.directory_scope_id,
@@ -379,6 +430,18 @@ fn build_grant(g: GrantConfig, at: &At<'_>, key: &str) -> Result<GrantSpec, Conf
 }
 
 fn build_target(kind: GrantKind, t: &TargetConfig, at: &At<'_>, key: &str) -> Result<DeclaredTarget, ConfigError> {
+    let takes_group = kind.keys().contains(&"group_id");
+    if let Some(name) = &t.group_name
+        && takes_group
+    {
+        // Resolution replaces a name by its id; a name still here was not resolved.
+        let problem = if t.group_id.is_some() {
+            "give group_id or group_name, not both".to_string()
+        } else {
+            format!("group `{name}` is given by name: names are resolved with Microsoft Graph, which needs [entra]")
+        };
+        return Err(at.err(&format!("{key}.group_name"), problem));
+    }
     if let Some(extra) = t.present_keys().into_iter().find(|k| !kind.keys().contains(k)) {
         return Err(at.err(
             &format!("{key}.{extra}"),

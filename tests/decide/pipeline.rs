@@ -375,3 +375,88 @@ async fn plan_over_http_offline_and_confirmed() {
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["error"]["code"], "malformed_payload");
 }
+
+async fn load_with_group_name(entra: &MockServer, groups: Value) -> Result<grantbridge::config::Settings, String> {
+    Mock::given(method("GET"))
+        .and(path("/v1.0/groups"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "value": groups })))
+        .mount(entra)
+        .await;
+    let dir = TempDir::new();
+    let secret = dir.write("c", "entra-client-secret");
+    let hub = dir.write("h", "hub-secret");
+    let config = dir.write(
+        "named.toml",
+        format!(
+            r#"
+[sources.jira]
+kind = "jira"
+[[sources.jira.verify]]
+scheme = "jira_hub_signature"
+secrets = [{{ file = "{hub}" }}]
+
+[entra]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+client_secret = {{ file = "{secret}" }}
+authority = "{uri}"
+graph_url = "{uri}/v1.0"
+
+[[policy.rules]]
+name = "portal-access"
+request_types = ["Permissions portal access"]
+[[policy.rules.grants]]
+kind = "group_member"
+group_name = "EPM - User Portal Access"
+"#,
+            hub = hub.display(),
+            secret = secret.display(),
+            uri = entra.uri()
+        ),
+    );
+    grantbridge::config::Settings::load_online(&config).await.map_err(|e| e.to_string())
+}
+
+fn group(id: &str, types: &[&str], synced: Option<bool>) -> Value {
+    json!({"id": id, "displayName": "EPM - User Portal Access", "groupTypes": types, "onPremisesSyncEnabled": synced, "isAssignableToRole": false})
+}
+
+#[tokio::test]
+async fn a_group_named_in_the_policy_is_resolved_and_checked_at_load() {
+    let fakes = fakes().await;
+    let settings = load_with_group_name(&fakes.entra, json!([group(PORTAL_GROUP, &[], None)])).await.unwrap();
+    let targets = settings.policy.declared_targets();
+    assert_eq!(targets[0].target, grantbridge::domain::GrantTarget::GroupMember { group_id: PORTAL_GROUP.into() });
+    assert_eq!(targets[0].label, "EPM - User Portal Access");
+    let asked = fakes.entra.received_requests().await.unwrap();
+    let query = asked.iter().find(|r| r.url.path() == "/v1.0/groups").unwrap().url.query().unwrap_or("").to_string();
+    assert!(query.contains("displayName"), "{query}");
+
+    let cases = [
+        (json!([]), "no Entra group has this display name"),
+        (json!([group(PORTAL_GROUP, &[], None), group(RILEY_ID, &[], None)]), "2 Entra groups have this display name"),
+        (json!([group(PORTAL_GROUP, &["DynamicMembership"], None)]), "has dynamic membership"),
+        (json!([group(PORTAL_GROUP, &[], Some(true))]), "is synced from on-premises"),
+    ];
+    for (groups, expected) in cases {
+        let fresh = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "t"})),
+            )
+            .mount(&fresh)
+            .await;
+        let err = load_with_group_name(&fresh, groups).await.unwrap_err();
+        assert!(err.contains("group_name `EPM - User Portal Access`") && err.contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn a_group_name_without_entra_is_refused_offline() {
+    let text = "[sources.jira]\nkind = \"jira\"\n[[sources.jira.verify]]\nscheme = \"shared_secret_header\"\nheader = \"X-T\"\nsecrets = [{ env = \"PATH\" }]\n[[policy.rules]]\nname = \"r\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"Some Group\"\n";
+    let err = grantbridge::config::Settings::parse(text, "offline.toml", &grantbridge::config::EnvOverrides::none())
+        .unwrap_err();
+    assert!(err.to_string().contains("needs [entra]"), "{err}");
+}
