@@ -42,6 +42,10 @@ fn broken() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("a delivery id with header and field", SOURCE.replace("kind = \"jira\"", "kind = \"jira\"\ndelivery_id = { header = \"X-Id\", field = \"/id\" }"), vec!["sources.jira.delivery_id", "exactly one"]),
         ("an invalid log level", format!("[log]\nlevel = \"loud\"\n{SOURCE}"), vec!["log.level", "loud"]),
         ("a password for SQLite", format!("[database]\npassword = {{ env = \"GB_TEST_SET\" }}\n{SOURCE}"), vec!["database.password", "SQLite"]),
+        ("a rule with an unknown source", format!("{SOURCE}[[policy.rules]]\nname = \"portal\"\nsources = [\"zendesk\"]\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90\"\n"), vec!["policy.rules[0] (portal)", "zendesk"]),
+        ("a rule whose group is not a GUID", format!("{SOURCE}[[policy.rules]]\nname = \"portal\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"EPM portal\"\n"), vec!["policy.rules[0] (portal).grants[0].group_id", "not an Entra object id"]),
+        ("a PIM rule without a duration", format!("{SOURCE}[[policy.rules]]\nname = \"pim\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"pim_group\"\naccess = \"member\"\ngroup_id = \"6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90\"\n"), vec!["policy.rules[0] (pim)", "duration"]),
+        ("a group by name without [entra]", format!("{SOURCE}[[policy.rules]]\nname = \"named\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"EPM - User Portal Access\"\n"), vec!["policy", "needs [entra]"]),
         ("not TOML at all", "this is = = not toml".to_string(), vec![":1:"]),
     ]
 }

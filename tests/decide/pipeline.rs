@@ -460,3 +460,22 @@ fn a_group_name_without_entra_is_refused_offline() {
         .unwrap_err();
     assert!(err.to_string().contains("needs [entra]"), "{err}");
 }
+
+#[tokio::test]
+async fn an_approval_revoked_after_the_webhook_is_refused() {
+    let mut declined = json_fixture("jira/approvals-approved.json");
+    declined["values"][0]["finalDecision"] = json!("declined");
+    declined["values"][0]["approvers"][0]["approverDecision"] = json!("declined");
+    let fakes = fakes().await;
+    Mock::given(method("GET"))
+        .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(declined))
+        .mount(&fakes.jira)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "not_approved", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("declined"), "{detail}");
+    assert!(fakes.entra.received_requests().await.unwrap().is_empty(), "nothing is looked up for a refusal");
+}
