@@ -46,12 +46,8 @@ enum Command {
     /// Show what a ticket payload would cause. Offline by default (the approval is not confirmed and nobody is
     /// looked up in Entra, so it is a dry run); --confirm decides as the service would.
     Plan {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        #[arg(long, value_name = "NAME")]
-        source: String,
-        #[arg(long, value_name = "EVENT.json")]
-        file: PathBuf,
+        #[command(flatten)]
+        event: EventArgs,
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
@@ -61,12 +57,8 @@ enum Command {
     },
     /// Sign a JSON payload exactly as a configured source would, and POST it: how to test a setup end to end.
     Send {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        #[arg(long, value_name = "NAME")]
-        source: String,
-        #[arg(long, value_name = "EVENT.json")]
-        file: PathBuf,
+        #[command(flatten)]
+        event: EventArgs,
         /// Defaults to http://LISTEN/webhooks/SOURCE from the config.
         #[arg(long)]
         url: Option<String>,
@@ -74,6 +66,17 @@ enum Command {
         #[arg(long, value_name = "PEM")]
         signing_key: Option<PathBuf>,
     },
+}
+
+/// A ticket payload and the configured source it is read as.
+#[derive(clap::Args)]
+struct EventArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    source: String,
+    #[arg(long, value_name = "EVENT.json")]
+    file: PathBuf,
 }
 
 pub fn main() -> ExitCode {
@@ -99,10 +102,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&config).await.map(|()| ExitCode::SUCCESS),
         Command::CheckConfig { config } => Ok(check_config(&config).await),
         Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
-        Command::Plan { config, source, file, json, confirm } => plan(&config, &source, &file, json, confirm).await,
-        Command::Send { config, source, file, url, signing_key } => {
-            send(&config, &source, &file, url.as_deref(), signing_key.as_deref()).await
-        }
+        Command::Plan { event, json, confirm } => plan(&event, json, confirm).await,
+        Command::Send { event, url, signing_key } => send(&event, url.as_deref(), signing_key.as_deref()).await,
     }
 }
 
@@ -204,10 +205,11 @@ async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn plan(config: &Path, source_name: &str, file: &Path, json: bool, confirm: bool) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load_online(config).await?;
-    let source = find_source(&settings, source_name, config)?;
-    let body = std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?;
+async fn plan(event: &EventArgs, json: bool, confirm: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load_online(&event.config).await?;
+    let source = find_source(&settings, &event.source, &event.config)?;
+    let body =
+        std::fs::read_to_string(&event.file).with_context(|| format!("Failed to read {}", event.file.display()))?;
     let now = unix_millis(SystemTime::now());
     let decided = if confirm {
         let decider = Decider {
@@ -234,13 +236,8 @@ fn find_source<'a>(settings: &'a Settings, name: &str, config: &Path) -> anyhow:
     })
 }
 
-async fn send(
-    config: &Path,
-    source_name: &str,
-    file: &Path,
-    url: Option<&str>,
-    signing_key: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+async fn send(event: &EventArgs, url: Option<&str>, signing_key: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (config, source_name, file) = (&event.config, event.source.as_str(), &event.file);
     let settings = Settings::load(config)?;
     let source = find_source(&settings, source_name, config)?;
     let body = std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;

@@ -126,19 +126,27 @@ pub struct TargetConfig {
     pub label: Option<String>,
 }
 
+/// A resolved name becomes the id (and the label, unless one is given); an unresolved one stays for `build` to refuse.
+fn resolve_name(
+    group_id: &mut Option<String>,
+    group_name: &mut Option<String>,
+    label: &mut Option<String>,
+    ids: &BTreeMap<String, String>,
+) {
+    if group_id.is_some() {
+        return;
+    }
+    if let Some(id) = group_name.as_ref().and_then(|name| ids.get(name)) {
+        *group_id = Some(id.clone());
+        if let Some(name) = group_name.take() {
+            label.get_or_insert(name);
+        }
+    }
+}
+
 impl TargetConfig {
     fn resolve_group_name(&mut self, ids: &BTreeMap<String, String>) {
-        if self.group_id.is_none()
-            && let Some(name) = self.group_name.take()
-        {
-            match ids.get(&name) {
-                Some(id) => {
-                    self.group_id = Some(id.clone());
-                    self.label.get_or_insert(name);
-                }
-                None => self.group_name = Some(name),
-            }
-        }
+        resolve_name(&mut self.group_id, &mut self.group_name, &mut self.label, ids);
     }
 
     fn present_keys(&self) -> Vec<&'static str> {
@@ -191,17 +199,7 @@ impl PolicyConfig {
     /// Replaces each resolved `group_name` by its `group_id` (the name becomes the label unless one is given).
     pub fn resolve_group_names(&mut self, ids: &BTreeMap<String, String>) {
         for grant in self.rules.iter_mut().flat_map(|r| r.grants.iter_mut()) {
-            if grant.group_id.is_none()
-                && let Some(name) = grant.group_name.take()
-            {
-                match ids.get(&name) {
-                    Some(id) => {
-                        grant.group_id = Some(id.clone());
-                        grant.label.get_or_insert(name);
-                    }
-                    None => grant.group_name = Some(name),
-                }
-            }
+            resolve_name(&mut grant.group_id, &mut grant.group_name, &mut grant.label, ids);
             for option in grant.options.iter_mut().flat_map(|o| o.values_mut()) {
                 option.resolve_group_name(ids);
             }

@@ -60,20 +60,31 @@ impl TestApp {
     }
 }
 
-async fn fakes() -> Fakes {
-    let fakes = Fakes {
-        jira: MockServer::start().await,
-        servicenow: MockServer::start().await,
-        entra: MockServer::start().await,
-    };
+async fn token_endpoint(entra: &MockServer) {
     Mock::given(method("POST"))
         .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
         )
-        .mount(&fakes.entra)
+        .mount(entra)
         .await;
+}
+
+/// Fakes that know nobody yet: only the token endpoint answers.
+async fn bare_fakes() -> Fakes {
+    let fakes = Fakes {
+        jira: MockServer::start().await,
+        servicenow: MockServer::start().await,
+        entra: MockServer::start().await,
+    };
+    token_endpoint(&fakes.entra).await;
+    fakes
+}
+
+/// Fakes where Riley (the receiver) and Avery (the approver) exist in Entra.
+async fn fakes() -> Fakes {
+    let fakes = bare_fakes().await;
     let user = |id: &str, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true});
     Mock::given(method("GET"))
         .and(path("/v1.0/users/riley.requester@example.com"))
@@ -285,19 +296,7 @@ async fn jira_read_back_naming_another_person_refuses() {
 
 #[tokio::test]
 async fn an_unknown_receiver_is_refused_not_retried() {
-    let fakes = Fakes {
-        jira: MockServer::start().await,
-        servicenow: MockServer::start().await,
-        entra: MockServer::start().await,
-    };
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "t"})),
-        )
-        .mount(&fakes.entra)
-        .await;
+    let fakes = bare_fakes().await;
     mount_not_found_users(&fakes).await;
     servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
@@ -440,14 +439,7 @@ async fn a_group_named_in_the_policy_is_resolved_and_checked_at_load() {
     ];
     for (groups, expected) in cases {
         let fresh = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "t"})),
-            )
-            .mount(&fresh)
-            .await;
+        token_endpoint(&fresh).await;
         let err = load_with_group_name(&fresh, groups).await.unwrap_err();
         assert!(err.contains("group_name `EPM - User Portal Access`") && err.contains(expected), "{err}");
     }
