@@ -37,6 +37,19 @@ impl GrantTarget {
     }
 }
 
+impl PlannedGrant {
+    /// The grant's identity: the same ticket, rule, target and principal always give the same id, so a replayed
+    /// event or a duplicate job cannot ask for a second grant.
+    pub fn grant_id(&self, source: &str, ticket_key: &str, principal_id: &str) -> String {
+        let target = serde_json::to_string(&self.target).unwrap_or_default();
+        let name = format!("{source}\n{ticket_key}\n{}\n{target}\n{principal_id}", self.rule);
+        uuid::Uuid::new_v5(&GRANT_NAMESPACE, name.as_bytes()).to_string()
+    }
+}
+
+/// Namespace of grant ids (UUIDv5); fixed forever, or ids change across versions.
+const GRANT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a1f_3c2e_9b4d_4e7a_8f10_2c5b_7d9e_0a13);
+
 /// Who receives access, resolved to an Entra object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Principal {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreError, on_pool, parse_event_id};
+use super::{NewGrant, Store, StoreError, on_pool, parse_event_id};
 use crate::domain::EventId;
 
 /// An event leased to a worker for deciding.
@@ -69,14 +69,17 @@ impl Store {
         .transpose()
     }
 
-    /// Records the decision and the event's final state, if `owner` still holds the lease. Returns false when
-    /// the lease was lost (another worker took the event over): the caller's decision is then discarded.
+    /// Records the decision, the event's final state and the grants the plan asks for with their jobs, in one
+    /// transaction, if `owner` still holds the lease. Returns false when the lease was lost (another worker took
+    /// the event over): the caller's decision is then discarded. A grant that already exists (same ticket, rule,
+    /// target and principal) is not asked for again.
     pub async fn record_decision(
         &self,
         event: EventId,
         owner: &str,
         state: &str,
         decision: &StoredDecision,
+        grants: &[NewGrant],
     ) -> Result<bool, StoreError> {
         on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
@@ -105,6 +108,38 @@ impl Store {
             .bind(decision.decided_at_ms)
             .execute(&mut *tx)
             .await?;
+            let now = decision.decided_at_ms;
+            for g in grants {
+                sqlx::query(
+                    "INSERT INTO grants (id, event_id, source, ticket_key, rule, kind, target, label, principal_id,
+                         requested_duration_secs, state, created_at_ms, updated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $11)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&g.id)
+                .bind(event.to_string())
+                .bind(&g.source)
+                .bind(&g.ticket_key)
+                .bind(&g.rule)
+                .bind(&g.kind)
+                .bind(&g.target)
+                .bind(&g.label)
+                .bind(&g.principal_id)
+                .bind(g.requested_duration_secs)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
+                     VALUES ($1, $2, 'grant', 'queued', $3, $3, $3)
+                     ON CONFLICT (grant_id, kind) DO NOTHING",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(&g.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(true)
         })

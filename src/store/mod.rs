@@ -4,6 +4,7 @@
 //! so behaviour cannot drift between them; `on_pool!` expands one body for each.
 
 mod decisions;
+mod grants;
 mod migrations;
 
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
 pub use decisions::{ClaimedEvent, StoredDecision};
+pub use grants::{ClaimedJob, GrantRecord, JobResult, NewGrant};
 
 #[derive(Clone)]
 pub enum Store {

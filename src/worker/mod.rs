@@ -13,7 +13,7 @@ use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
-use crate::store::{ClaimedEvent, Store, StoreError, StoredDecision};
+use crate::store::{ClaimedEvent, NewGrant, Store, StoreError, StoredDecision};
 
 /// What a worker needs; shared by all workers of a process.
 pub struct WorkerContext {
@@ -92,7 +92,8 @@ impl Worker {
             detail: serde_json::to_string(&decided).unwrap_or_else(|_| "{}".to_string()),
             decided_at_ms: unix_millis(SystemTime::now()),
         };
-        let kept = self.ctx.store.record_decision(event.id, &self.id, decided.state(), &stored).await?;
+        let grants = grants_to_execute(&event.source, &decided);
+        let kept = self.ctx.store.record_decision(event.id, &self.id, decided.state(), &stored, &grants).await?;
         if kept {
             self.ctx.metrics.record_decision(&event.source, label);
             tracing::info!(outcome = %stored.outcome, code = stored.code.as_deref(), ticket = stored.ticket_key.as_deref(), "event decided");
@@ -124,6 +125,26 @@ impl Worker {
             }
         }
     }
+}
+
+/// The ledger rows a plan asks for; a dry run asks for none.
+fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
+    let (Decision::Plan(plan), Some(ticket)) = (&decided.decision, &decided.ticket) else { return Vec::new() };
+    let Some(principal) = plan.principal.as_ref().filter(|_| !plan.dry_run) else { return Vec::new() };
+    plan.grants
+        .iter()
+        .map(|g| NewGrant {
+            id: g.grant_id(source, &ticket.ticket_key, &principal.object_id),
+            source: source.to_string(),
+            ticket_key: ticket.ticket_key.clone(),
+            rule: g.rule.clone(),
+            kind: g.target.kind().to_string(),
+            target: serde_json::to_string(&g.target).unwrap_or_default(),
+            label: g.label.clone(),
+            principal_id: principal.object_id.clone(),
+            requested_duration_secs: g.duration.and_then(|d| i64::try_from(d.as_secs()).ok()),
+        })
+        .collect()
 }
 
 /// 5 s, 10 s, 20 s ... up to 10 minutes, with jitter so that replicas do not retry in step.

@@ -240,6 +240,10 @@ both_backends! {
         assert_eq!(detail["ticket"]["ticket_key"], "RITM0010001");
         let event = app.store.event(grantbridge::domain::EventId::parse(&id).unwrap()).await.unwrap().unwrap();
         assert_eq!(event.state, "decided");
+        let ledger = app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap();
+        assert_eq!(ledger.len(), 1, "the plan's grant is queued with the decision");
+        assert_eq!((ledger[0].state.as_str(), ledger[0].principal_id.as_str()), ("pending", RILEY_ID));
+        assert!(ledger[0].target.contains(PORTAL_GROUP));
     }
 }
 

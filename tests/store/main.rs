@@ -237,10 +237,10 @@ both_backends! {
         // worker-a stalls; after its lease expires worker-c takes the event over.
         let c = store.claim_event("worker-c", 1_000 + 30_001, lease).await.unwrap().unwrap();
         assert_eq!((c.id, c.attempts), (first.id(), 2));
-        assert!(!store.record_decision(first.id(), "worker-a", "decided", &decision("plan")).await.unwrap(),
+        assert!(!store.record_decision(first.id(), "worker-a", "decided", &decision("plan"), &[]).await.unwrap(),
             "the stale worker's decision is discarded");
-        assert!(store.record_decision(first.id(), "worker-c", "decided", &decision("plan")).await.unwrap());
-        assert!(!store.record_decision(first.id(), "worker-c", "decided", &decision("plan")).await.unwrap(),
+        assert!(store.record_decision(first.id(), "worker-c", "decided", &decision("plan"), &[]).await.unwrap());
+        assert!(!store.record_decision(first.id(), "worker-c", "decided", &decision("plan"), &[]).await.unwrap(),
             "decided once");
         assert_eq!(store.decision(first.id()).await.unwrap().unwrap().outcome, "plan");
         assert_eq!(store.event(first.id()).await.unwrap().unwrap().state, "decided");
@@ -278,5 +278,94 @@ both_backends! {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 20, "no event was claimed twice");
+    }
+}
+
+fn new_grant(id: &str, ticket: &str) -> grantbridge::store::NewGrant {
+    grantbridge::store::NewGrant {
+        id: id.to_string(),
+        source: "src".into(),
+        ticket_key: ticket.into(),
+        rule: "portal-access".into(),
+        kind: "group_member".into(),
+        target: r#"{"kind":"group_member","group_id":"6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"}"#.into(),
+        label: "EPM - User Portal Access".into(),
+        principal_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
+        requested_duration_secs: Some(8 * 3600),
+    }
+}
+
+async fn count(store: &Store, table: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+    match store {
+        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+    }
+}
+
+/// Stores an event, claims it and records a plan asking for `grants`.
+async fn planned(store: &Store, maker: &Maker, delivery: &str, grants: &[grantbridge::store::NewGrant]) -> bool {
+    let e = maker.event(Some(delivery), &format!(r#"{{"delivery": "{delivery}"}}"#));
+    store.insert_events(&[&e]).await.unwrap();
+    let lease = std::time::Duration::from_secs(30);
+    let claimed = store.claim_event("w", 1_000, lease).await.unwrap().unwrap();
+    store.record_decision(claimed.id, "w", "decided", &decision("plan"), grants).await.unwrap()
+}
+
+both_backends! {
+    async fn a_plan_queues_each_grant_once_however_often_it_is_decided(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let grants = [new_grant("g-1", "ACC-1"), new_grant("g-2", "ACC-1")];
+        assert!(planned(&store, &maker, "first", &grants).await);
+        assert_eq!((count(&store, "grants").await, count(&store, "jobs").await), (2, 2));
+        // The same ticket decided again (a replayed or re-sent event) asks for the same grants: nothing new.
+        assert!(planned(&store, &maker, "again", &grants).await);
+        assert_eq!((count(&store, "grants").await, count(&store, "jobs").await), (2, 2));
+        let ledger = store.grants_for_ticket("src", "ACC-1").await.unwrap();
+        assert_eq!(ledger.iter().map(|g| g.state.as_str()).collect::<Vec<_>>(), ["pending", "pending"]);
+        assert_eq!(ledger[0].requested_duration_secs, Some(8 * 3600));
+    }
+}
+
+both_backends! {
+    async fn jobs_are_leased_retried_and_finished_once(backend: Backend) {
+        use grantbridge::store::JobResult;
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        planned(&store, &maker, "p", &[new_grant("g-1", "ACC-1"), new_grant("g-2", "ACC-2")]).await;
+        let lease = std::time::Duration::from_secs(30);
+
+        let a = store.claim_job("a", 2_000, lease).await.unwrap().unwrap();
+        let b = store.claim_job("b", 2_000, lease).await.unwrap().unwrap();
+        assert_ne!(a.id, b.id, "a leased job is not handed out twice");
+        assert!(store.claim_job("c", 2_000, lease).await.unwrap().is_none());
+        assert_eq!((a.kind.as_str(), a.attempts), ("grant", 1));
+
+        let done = JobResult::Done { grant_state: "active", upstream_id: Some("req-1".into()), expires_at_ms: Some(9_000) };
+        assert!(!store.finish_job(&a, "b", &done, 2_500).await.unwrap(), "only the lease holder finishes a job");
+        assert!(store.finish_job(&a, "a", &done, 2_500).await.unwrap());
+        assert!(!store.finish_job(&a, "a", &done, 2_600).await.unwrap(), "finished once");
+        let granted = store.grant(&a.grant.id).await.unwrap().unwrap();
+        assert_eq!((granted.state.as_str(), granted.upstream_id.as_deref(), granted.expires_at_ms), ("active", Some("req-1"), Some(9_000)));
+
+        let retry = JobResult::Retry { at_ms: 5_000, error: "429 TooManyRequests".into() };
+        assert!(store.finish_job(&b, "b", &retry, 2_500).await.unwrap());
+        assert!(store.claim_job("b", 4_999, lease).await.unwrap().is_none(), "not before its retry time");
+        let again = store.claim_job("b", 5_000, lease).await.unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempts), (b.id.as_str(), 2));
+        assert_eq!(again.grant.last_error.as_deref(), Some("429 TooManyRequests"));
+
+        // A worker that dies holding a job loses it when the lease runs out.
+        let taken = store.claim_job("c", 5_000 + 30_001, lease).await.unwrap().unwrap();
+        assert_eq!((taken.id.as_str(), taken.attempts), (b.id.as_str(), 3));
+        let dead = JobResult::Dead { error: "403 Authorization_RequestDenied".into() };
+        assert!(store.finish_job(&taken, "c", &dead, 40_000).await.unwrap());
+        assert_eq!(store.grant(&b.grant.id).await.unwrap().unwrap().state, "failed");
+        let letters = store.dead_jobs(10).await.unwrap();
+        assert_eq!(letters, vec![(b.id.clone(), b.grant.id.clone(), Some("403 Authorization_RequestDenied".into()))]);
+        assert!(store.claim_job("d", 100_000, lease).await.unwrap().is_none(), "done and dead jobs are never claimed");
     }
 }
