@@ -85,6 +85,7 @@ struct RawWorkers {
     lease_secs: Option<u64>,
     poll_ms: Option<u64>,
     max_attempts: Option<i64>,
+    executors: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,8 +174,10 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often idle workers look for events whose retry time or lease has come (new events wake them at once).
     pub poll: Duration,
-    /// Tries before an event whose upstreams stay unreachable is refused.
+    /// Tries before an event whose upstreams stay unreachable is refused, or a grant job is given up.
     pub max_attempts: i64,
+    /// Grant jobs executed at once; several adds to one group then go out as one batched request.
+    pub executors: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +427,7 @@ impl Settings {
             lease: Duration::from_secs(raw.workers.lease_secs.unwrap_or(120).max(1)),
             poll: Duration::from_millis(raw.workers.poll_ms.unwrap_or(1_000).max(10)),
             max_attempts: raw.workers.max_attempts.unwrap_or(6).max(1),
+            executors: raw.workers.executors.unwrap_or(16).clamp(1, 256),
         };
 
         Ok(Settings {

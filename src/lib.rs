@@ -9,6 +9,7 @@ pub mod intake;
 pub mod itsm;
 pub mod metrics;
 pub mod policy;
+pub mod providers;
 pub mod secret;
 pub mod startup;
 pub mod store;

@@ -16,6 +16,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str), u64>>,
     verification_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
     duration: Histogram,
 }
 
@@ -49,28 +50,40 @@ impl Metrics {
         bump(&self.decisions, source, outcome);
     }
 
+    /// `kind` is the grant kind; `outcome` is granted, already, revoked, retry or dead.
+    pub fn record_job(&self, kind: &str, outcome: &'static str) {
+        bump(&self.jobs, kind, outcome);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
             &mut out,
             "grantbridge_webhook_requests_total",
             "Webhook requests by source and outcome.",
-            "outcome",
+            ("source", "outcome"),
             &self.requests,
         );
         render_counter(
             &mut out,
             "grantbridge_webhook_verification_failures_total",
             "Webhook requests refused by signature verification, by source and reason.",
-            "reason",
+            ("source", "reason"),
             &self.verification_failures,
         );
         render_counter(
             &mut out,
             "grantbridge_decisions_total",
             "Decisions about stored events, by source and outcome (plan, ignored, or the refusal code).",
-            "outcome",
+            ("source", "outcome"),
             &self.decisions,
+        );
+        render_counter(
+            &mut out,
+            "grantbridge_grant_jobs_total",
+            "Grant and revoke jobs by grant kind and outcome (granted, already, revoked, retry, dead).",
+            ("kind", "outcome"),
+            &self.jobs,
         );
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");
@@ -101,15 +114,15 @@ fn render_counter(
     out: &mut String,
     name: &str,
     help: &str,
-    label: &str,
+    (first, second): (&str, &str),
     map: &Mutex<BTreeMap<(String, &'static str), u64>>,
 ) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     let map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for ((source, value), n) in map.iter() {
-        // Source names are validated to [a-z0-9_-] at load; nothing here needs escaping.
-        let _ = writeln!(out, "{name}{{source=\"{source}\",{label}=\"{value}\"}} {n}");
+    for ((key, value), n) in map.iter() {
+        // Source names are validated to [a-z0-9_-] at load and the rest are our own constants: nothing to escape.
+        let _ = writeln!(out, "{name}{{{first}=\"{key}\",{second}=\"{value}\"}} {n}");
     }
 }
 

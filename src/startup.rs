@@ -16,8 +16,9 @@ use crate::http::{self, AppState};
 use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
+use crate::providers::{DEFAULT_BATCH_WINDOW, Providers};
 use crate::store::Store;
-use crate::worker::{Worker, WorkerContext, Workers};
+use crate::worker::{Executor, ExecutorContext, Worker, WorkerContext, Workers};
 
 pub struct Application {
     port: u16,
@@ -26,6 +27,7 @@ pub struct Application {
     store: Store,
     workers: Workers,
     work: Arc<WorkerContext>,
+    exec: Option<Arc<ExecutorContext>>,
 }
 
 impl Application {
@@ -59,6 +61,23 @@ impl Application {
         let sources: HashMap<String, Arc<Source>> =
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
         let metrics = Arc::new(Metrics::default());
+        let jobs_wake = Arc::new(Notify::new());
+        let providers = settings
+            .entra
+            .as_ref()
+            .map(|e| Providers::from_entra(e, e.arm_url.clone()).with_group_batching(DEFAULT_BATCH_WINDOW));
+        let exec = providers.map(|providers| {
+            Arc::new(ExecutorContext {
+                store: store.clone(),
+                providers,
+                sources: sources.clone(),
+                lease: settings.workers.lease,
+                poll: settings.workers.poll,
+                max_attempts: settings.workers.max_attempts,
+                metrics: metrics.clone(),
+                wake: jobs_wake.clone(),
+            })
+        });
         let decider = Decider {
             policy: Arc::new(settings.policy),
             directory: settings.entra.map(|e| e.directory),
@@ -71,11 +90,12 @@ impl Application {
             settings: settings.workers,
             metrics: metrics.clone(),
             wake,
+            jobs_wake,
         });
         let state = AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
-        let workers = Workers::spawn(work.clone());
-        Ok(Application { port, server, intake_writer, store, workers, work })
+        let workers = Workers::spawn(work.clone(), exec.clone());
+        Ok(Application { port, server, intake_writer, store, workers, work, exec })
     }
 
     pub fn port(&self) -> u16 {
@@ -89,6 +109,11 @@ impl Application {
     /// A worker of this application's own, for tests that decide events deterministically (`run_pending`).
     pub fn worker(&self) -> Worker {
         Worker::new(self.work.clone(), usize::MAX)
+    }
+
+    /// An executor of this application's own (when an Entra tenant is configured), for tests.
+    pub fn executor(&self) -> Option<Executor> {
+        self.exec.clone().map(|ctx| Executor::new(ctx, usize::MAX))
     }
 
     /// Serves until the handle stops the server, then lets the intake writer finish what it holds.

@@ -1,9 +1,11 @@
 //! Access tokens from the Microsoft identity platform (client-credentials flow), cached per scope.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::certificate::{CertificateCredential, JWT_BEARER_ASSERTION_TYPE};
 use crate::secret::Secret;
-use crate::upstream::oauth::{DEFAULT_RENEW_BEFORE, TokenCache, fetch_client_credentials};
+use crate::upstream::oauth::{DEFAULT_RENEW_BEFORE, FetchedToken, TokenCache, fetch_client_credentials};
 use crate::upstream::url::path_segment;
 use crate::upstream::{RetryPolicy, UpstreamError};
 
@@ -13,22 +15,54 @@ pub const ARM_RESOURCE: &str = "https://management.azure.com";
 
 const UPSTREAM: &str = "entra-token";
 
-/// How the application proves who it is. Certificate assertions and workload identity federation will be further
-/// variants: each changes only the form fields of the token request.
+/// How the application proves who it is. Each changes only the form fields of the token request.
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// A client secret from the app registration.
     Secret(Secret),
+    /// A certificate registered on the app: a new signed assertion for every token request.
+    Certificate(CertificateCredential),
+    /// Workload identity federation: the file holds a token from another issuer (a Kubernetes projected service
+    /// account token) that the app trusts through a federated identity credential.
+    Federated { token_file: PathBuf },
 }
 
 impl Credential {
-    /// The form fields that prove the client's identity. Fallible because an assertion will be signed or a federated
-    /// token file re-read for each request.
-    fn proof(&self) -> Result<Vec<(&'static str, String)>, UpstreamError> {
+    fn kind(&self) -> &'static str {
         match self {
-            Credential::Secret(secret) => Ok(vec![("client_secret", secret.expose().to_owned())]),
+            Credential::Secret(_) => "client_secret",
+            Credential::Certificate(_) => "certificate",
+            Credential::Federated { .. } => "federated",
         }
     }
+
+    /// The form fields that prove the client's identity, made anew for each token request.
+    fn proof(&self, token_url: &str, client_id: &str) -> Result<Vec<(&'static str, String)>, UpstreamError> {
+        let assertion = match self {
+            Credential::Secret(secret) => return Ok(vec![("client_secret", secret.expose().to_owned())]),
+            Credential::Certificate(certificate) => {
+                certificate.assertion(token_url, client_id).map_err(UpstreamError::InvalidInput)?.expose().to_owned()
+            }
+            // The kubelet rotates the projected token well before it expires; a copy kept from an earlier read
+            // could be stale by the time the cache needs a new access token.
+            Credential::Federated { token_file } => {
+                read_federated_token(token_file).map_err(UpstreamError::InvalidInput)?
+            }
+        };
+        Ok(vec![("client_assertion_type", JWT_BEARER_ASSERTION_TYPE.to_owned()), ("client_assertion", assertion)])
+    }
+}
+
+/// The federated token in `path`, trimmed. The error names the file, never its contents. A blocking read: the file
+/// is a small one on a tmpfs, read once per access token.
+pub(crate) fn read_federated_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the federated token file {}: {}", path.display(), e.kind()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the federated token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 /// The `.default` scope of a resource (`https://graph.microsoft.com` -> `https://graph.microsoft.com/.default`);
@@ -106,17 +140,21 @@ impl TokenProvider {
         self.cache.invalidate(&scope_for(resource)).await;
     }
 
-    async fn fetch(&self, scope: &str) -> Result<crate::upstream::oauth::FetchedToken, UpstreamError> {
-        let proof = self.credential.proof()?;
-        let mut form: Vec<(&str, &str)> =
-            vec![("grant_type", "client_credentials"), ("client_id", &self.client_id), ("scope", scope)];
-        form.extend(proof.iter().map(|(k, v)| (*k, v.as_str())));
-        tracing::debug!(scope, "fetching an identity platform token");
-        let fetched = fetch_client_credentials(&self.http, &self.policy, UPSTREAM, &self.token_url, &form).await;
+    async fn fetch(&self, scope: &str) -> Result<FetchedToken, UpstreamError> {
+        tracing::debug!(scope, credential = self.credential.kind(), "fetching an identity platform token");
+        let fetched = self.request(scope).await;
         if let Err(e) = &fetched {
             tracing::warn!(scope, error = %e, "the identity platform refused or failed the token request");
         }
         fetched
+    }
+
+    async fn request(&self, scope: &str) -> Result<FetchedToken, UpstreamError> {
+        let proof = self.credential.proof(&self.token_url, &self.client_id)?;
+        let mut form: Vec<(&str, &str)> =
+            vec![("grant_type", "client_credentials"), ("client_id", &self.client_id), ("scope", scope)];
+        form.extend(proof.iter().map(|(k, v)| (*k, v.as_str())));
+        fetch_client_credentials(&self.http, &self.policy, UPSTREAM, &self.token_url, &form).await
     }
 }
 
@@ -138,5 +176,24 @@ mod tests {
         );
         assert_eq!(p.token_url(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
         assert!(!format!("{p:?}").contains("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn a_federated_token_is_read_afresh_for_each_proof() {
+        let path = std::env::temp_dir().join(format!("gb-federated-{}", std::process::id()));
+        let credential = Credential::Federated { token_file: path.clone() };
+        std::fs::write(&path, "token-a\n").unwrap();
+        let first = credential.proof("u", "c").unwrap();
+        std::fs::write(&path, "token-b").unwrap();
+        let second = credential.proof("u", "c").unwrap();
+        assert_eq!(first[0], ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE.to_owned()));
+        assert_eq!(first[1], ("client_assertion", "token-a".to_owned()));
+        assert_eq!(second[1], ("client_assertion", "token-b".to_owned()));
+        std::fs::write(&path, " \n").unwrap();
+        let err = credential.proof("u", "c").unwrap_err().to_string();
+        assert!(err.contains("is empty") && err.contains(&path.display().to_string()), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = credential.proof("u", "c").unwrap_err().to_string();
+        assert!(err.contains("cannot read the federated token file"), "{err}");
     }
 }

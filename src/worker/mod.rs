@@ -1,6 +1,10 @@
 //! Background workers: claim a stored event (lease), decide it with no transaction open, record the decision.
 //! New events wake them at once; a timer catches retries and leases left behind by a crashed replica.
 
+mod execute;
+
+pub use execute::{Executor, ExecutorContext};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +28,8 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// Notified by the intake when it stored new events.
     pub wake: Arc<Notify>,
+    /// Notified when a decision queued grant jobs.
+    pub jobs_wake: Arc<Notify>,
 }
 
 pub struct Worker {
@@ -95,6 +101,9 @@ impl Worker {
         let grants = grants_to_execute(&event.source, &decided);
         let kept = self.ctx.store.record_decision(event.id, &self.id, decided.state(), &stored, &grants).await?;
         if kept {
+            if !grants.is_empty() {
+                self.ctx.jobs_wake.notify_waiters();
+            }
             self.ctx.metrics.record_decision(&event.source, label);
             tracing::info!(outcome = %stored.outcome, code = stored.code.as_deref(), ticket = stored.ticket_key.as_deref(), "event decided");
         } else {
@@ -161,10 +170,15 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn spawn(ctx: Arc<WorkerContext>) -> Workers {
+    /// Deciding workers, and executors when there is an Entra tenant to execute against.
+    pub fn spawn(ctx: Arc<WorkerContext>, exec: Option<Arc<ExecutorContext>>) -> Workers {
         let (stop, rx) = watch::channel(false);
-        let handles =
+        let mut handles: Vec<JoinHandle<()>> =
             (0..ctx.settings.count).map(|i| tokio::spawn(Worker::new(ctx.clone(), i).run(rx.clone()))).collect();
+        if let Some(exec) = exec {
+            let count = if ctx.settings.count == 0 { 0 } else { ctx.settings.executors };
+            handles.extend((0..count).map(|i| Executor::new(exec.clone(), i).spawn(rx.clone())));
+        }
         Workers { stop, handles }
     }
 

@@ -24,6 +24,7 @@ struct Fakes {
 
 struct TestApp {
     app_worker: grantbridge::worker::Worker,
+    executor: grantbridge::worker::Executor,
     store: Store,
     client: reqwest::Client,
     address: String,
@@ -33,7 +34,10 @@ struct TestApp {
 
 impl TestApp {
     async fn deliver(&self, source: &str, fixture_name: &str) -> String {
-        let body = std::fs::read_to_string(fixture(fixture_name)).unwrap();
+        self.deliver_body(source, std::fs::read_to_string(fixture(fixture_name)).unwrap()).await
+    }
+
+    async fn deliver_body(&self, source: &str, body: String) -> String {
         let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
         request = request.header("Content-Type", "application/json");
         if source == "jira" {
@@ -162,6 +166,7 @@ client_id = "{CLIENT}"
 client_secret = {{ file = "{client_secret}" }}
 authority = "{entra}"
 graph_url = "{entra}/v1.0"
+arm_url = "{entra}"
 
 [[policy.rules]]
 name = "portal-access"
@@ -180,9 +185,10 @@ label = "EPM - User Portal Access"
     let app = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let app_worker = app.worker();
+    let executor = app.executor().expect("an Entra tenant is configured");
     tokio::spawn(app.run_until_stopped());
     let store = db.store().await;
-    TestApp { app_worker, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
+    TestApp { app_worker, executor, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
 }
 
 fn json_fixture(name: &str) -> Value {
@@ -474,4 +480,118 @@ async fn an_approval_revoked_after_the_webhook_is_refused() {
     assert_eq!(detail["decision"]["code"], "not_approved", "{detail}");
     assert!(detail["decision"]["message"].as_str().unwrap().contains("declined"), "{detail}");
     assert!(fakes.entra.received_requests().await.unwrap().is_empty(), "nothing is looked up for a refusal");
+}
+
+async fn writable_group(fakes: &Fakes, group_types: Value) {
+    Mock::given(method("GET"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": PORTAL_GROUP, "displayName": "EPM - User Portal Access", "groupTypes": group_types,
+            "onPremisesSyncEnabled": null, "isAssignableToRole": false
+        })))
+        .mount(&fakes.entra)
+        .await;
+}
+
+async fn member_writes(fakes: &Fakes) -> Vec<wiremock::Request> {
+    let requests = fakes.entra.received_requests().await.unwrap();
+    requests.into_iter().filter(|r| r.method.as_str() != "GET" && r.url.path().starts_with("/v1.0/groups/")).collect()
+}
+
+both_backends! {
+    async fn an_approved_request_ends_as_an_active_group_membership(backend: Backend) {
+        let fakes = fakes().await;
+        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        writable_group(&fakes, json!([])).await;
+        Mock::given(method("PATCH"))
+            .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&fakes.entra)
+            .await;
+        let app = spawn(backend, &fakes, "", "").await;
+        let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+        assert_eq!(app.decision(&id).await["decision"]["outcome"], "plan");
+        assert_eq!(app.executor.run_pending().await.unwrap(), 1);
+
+        let ledger = app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap();
+        assert_eq!(ledger[0].state, "active", "{ledger:?}");
+        assert_eq!(ledger[0].expires_at_ms, None, "no duration: until revoked");
+        let writes = member_writes(&fakes).await;
+        assert_eq!(writes.len(), 1);
+        let body: Value = serde_json::from_slice(&writes[0].body).unwrap();
+        let bound = body["members@odata.bind"].as_array().unwrap();
+        assert_eq!(bound.len(), 1);
+        assert!(bound[0].as_str().unwrap().ends_with(&format!("/directoryObjects/{RILEY_ID}")), "{body}");
+        assert_eq!(app.executor.run_pending().await.unwrap(), 0, "nothing left to do");
+    }
+}
+
+#[tokio::test]
+async fn graph_throttling_is_waited_out_and_the_grant_made_once() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    writable_group(&fakes, json!([])).await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1").set_body_json(json!({
+            "error": {"code": "TooManyRequests", "message": "Too many requests", "innerError": {"request-id": "r-1", "date": "2026-11-28T08:00:00"}}
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&fakes.entra)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    app.decision(&id).await;
+    let started = std::time::Instant::now();
+    app.executor.run_pending().await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "Retry-After was honoured");
+    assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0].state, "active");
+    assert_eq!(member_writes(&fakes).await.len(), 2, "one throttled write, one that went through");
+}
+
+#[tokio::test]
+async fn a_dynamic_group_is_refused_before_any_write() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    writable_group(&fakes, json!(["DynamicMembership", "Unified"])).await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    app.decision(&id).await;
+    app.executor.run_pending().await.unwrap();
+    let grant = &app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0];
+    assert_eq!(grant.state, "failed");
+    assert!(grant.last_error.as_deref().unwrap().contains("dynamic membership"), "{grant:?}");
+    assert!(member_writes(&fakes).await.is_empty(), "nothing was written");
+    let letters = app.store.dead_jobs(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_ticket_decided_twice_is_granted_once() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    writable_group(&fakes, json!([])).await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let body = std::fs::read_to_string(fixture("servicenow/ritm-approved.json")).unwrap();
+    // ServiceNow sends the record again after an unrelated update: a new event, the same ticket.
+    let again = body.replace("2026-11-28 07:00:00", "2026-11-28 07:05:00");
+    let (a, b) = tokio::join!(app.deliver_body("servicenow", body), app.deliver_body("servicenow", again));
+    assert_ne!(a, b, "two events");
+    app.decision(&a).await;
+    app.decision(&b).await;
+    app.executor.run_pending().await.unwrap();
+    assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap().len(), 1);
+    assert_eq!(member_writes(&fakes).await.len(), 1, "one write to Graph");
 }

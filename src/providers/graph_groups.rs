@@ -1,0 +1,328 @@
+//! Entra group membership through Microsoft Graph v1.0: add (one, or up to 20 per PATCH), remove, and the check
+//! that refuses groups whose membership Graph cannot change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::call::{Caller, object_id};
+use super::{GrantOutcome, ProviderError, has_status, upstream_message};
+use crate::entra::{EntraGroup, GRAPH_RESOURCE, TokenProvider};
+use crate::upstream::url::path_segment;
+use crate::upstream::{RetryPolicy, UpstreamError, read_json};
+
+const UPSTREAM: &str = "graph";
+
+/// What the pre-write check reads of a group.
+pub const GROUP_SELECT: &str = "id,displayName,groupTypes,onPremisesSyncEnabled,isAssignableToRole";
+
+/// Graph accepts at most this many `members@odata.bind` references in one PATCH.
+pub const MAX_MEMBERS_PER_PATCH: usize = 20;
+
+/// How long a group's kind (dynamic, synced, role-assignable) is trusted before it is read again.
+pub const DEFAULT_GROUP_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Graph's message when an added member is already there (HTTP 400 `Request_BadRequest`); the full text is
+/// "One or more added object references already exist for the following modified properties: 'members'.".
+const ALREADY_MEMBER: &str = "added object references already exist";
+
+/// Group membership writes with an app-only Graph token.
+#[derive(Debug, Clone)]
+pub struct GraphGroups {
+    caller: Caller,
+    base_url: String,
+    reference_base: String,
+    cache: Arc<GroupCache>,
+}
+
+#[derive(Debug)]
+struct GroupCache {
+    ttl: Duration,
+    groups: Mutex<HashMap<String, (Instant, EntraGroup)>>,
+}
+
+impl GroupCache {
+    fn new(ttl: Duration) -> Self {
+        GroupCache { ttl, groups: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, group_id: &str) -> Option<EntraGroup> {
+        // A poisoned map only means another task panicked while holding it; the entries are still sound.
+        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        groups.get(group_id).filter(|(read_at, _)| read_at.elapsed() < self.ttl).map(|(_, group)| group.clone())
+    }
+
+    fn put(&self, group_id: &str, group: EntraGroup) {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        groups.retain(|_, (read_at, _)| read_at.elapsed() < self.ttl);
+        groups.insert(group_id.to_owned(), (Instant::now(), group));
+    }
+}
+
+impl GraphGroups {
+    /// `base_url` is `https://graph.microsoft.com/v1.0` (a national cloud's Graph, or a fake's URL in tests); the
+    /// token is always for the Graph resource.
+    pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
+        GraphGroups {
+            caller: Caller::new(http, tokens, GRAPH_RESOURCE, UPSTREAM, "client-request-id"),
+            reference_base: base_url.clone(),
+            base_url,
+            cache: Arc::new(GroupCache::new(DEFAULT_GROUP_CACHE_TTL)),
+        }
+    }
+
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.caller.policy = policy;
+        self
+    }
+
+    pub fn with_group_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache = Arc::new(GroupCache::new(ttl));
+        self
+    }
+
+    /// Where the `@odata.id` references of added members point. Graph resolves a reference only when it names a
+    /// Graph URL (`https://graph.microsoft.com/v1.0/directoryObjects/{id}`, as documented); by default it is the
+    /// base URL, which is that URL in production and the right host in a national cloud. Set it when the base URL
+    /// is a proxy in front of Graph.
+    pub fn with_reference_base(mut self, reference_base: impl Into<String>) -> Self {
+        self.reference_base = reference_base.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The group, if Graph lets its membership be changed; `Refused` for a dynamic or an on-premises-synced group,
+    /// `Permanent` (`not_found`) for an unknown one. Read once per group per cache lifetime.
+    pub async fn writable_group(&self, group_id: &str) -> Result<EntraGroup, ProviderError> {
+        let group_id = object_id("group id", group_id)?;
+        let group = match self.cache.get(&group_id) {
+            Some(group) => group,
+            None => {
+                let group = self.read_group(&group_id).await?;
+                self.cache.put(&group_id, group.clone());
+                group
+            }
+        };
+        if group.is_dynamic() {
+            return Err(ProviderError::Refused {
+                reason: format!(
+                    "group {} has dynamic membership: its members come from a membership rule and Entra refuses \
+                     manual adds and removals; change the rule, or grant an assigned group instead",
+                    label(&group)
+                ),
+            });
+        }
+        if group.is_synced_from_on_premises() {
+            return Err(ProviderError::Refused {
+                reason: format!(
+                    "group {} is synced from on-premises Active Directory: its membership can only be changed in \
+                     on-premises AD, not through Microsoft Graph",
+                    label(&group)
+                ),
+            });
+        }
+        Ok(group)
+    }
+
+    async fn read_group(&self, group_id: &str) -> Result<EntraGroup, ProviderError> {
+        let url = format!("{}/groups/{}?$select={GROUP_SELECT}", self.base_url, path_segment(group_id));
+        match self.caller.send("read_group", UpstreamError::is_not_found, |http| http.get(&url)).await {
+            Ok(response) => Ok(read_json(response, UPSTREAM).await?),
+            Err(e) if e.is_not_found() => Err(ProviderError::permanent(
+                "not_found",
+                format!("group {group_id} does not exist in the directory: {e}"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds `principal_id` to the group (`POST /groups/{id}/members/$ref`). Already a member: `Granted { already }`.
+    pub async fn add(&self, group_id: &str, principal_id: &str) -> Result<GrantOutcome, ProviderError> {
+        let principal_id = object_id("principal id", principal_id)?;
+        let group = self.writable_group(group_id).await?;
+        self.add_checked(&group, &principal_id).await
+    }
+
+    async fn add_checked(&self, group: &EntraGroup, principal_id: &str) -> Result<GrantOutcome, ProviderError> {
+        let url = format!("{}/groups/{}/members/$ref", self.base_url, path_segment(&group.id));
+        let body = json!({ "@odata.id": self.reference(principal_id) });
+        match self.caller.send("add_member", is_already_member, |http| http.post(&url).json(&body)).await {
+            Ok(_) => Ok(GrantOutcome::Granted { upstream_id: None, already: false }),
+            Err(e) if is_already_member(&e) => Ok(GrantOutcome::Granted { upstream_id: None, already: true }),
+            Err(e) => Err(write_error(e, group, principal_id)),
+        }
+    }
+
+    /// Removes `principal_id` from the group (`DELETE /groups/{id}/members/{id}/$ref`: only the membership, never
+    /// the object). Not a member: `Revoked { already_gone }`.
+    pub async fn remove(&self, group_id: &str, principal_id: &str) -> Result<GrantOutcome, ProviderError> {
+        let principal_id = object_id("principal id", principal_id)?;
+        let group = self.writable_group(group_id).await?;
+        let url = format!(
+            "{}/groups/{}/members/{}/$ref",
+            self.base_url,
+            path_segment(&group.id),
+            path_segment(&principal_id)
+        );
+        match self.caller.send("remove_member", UpstreamError::is_not_found, |http| http.delete(&url)).await {
+            Ok(_) => Ok(GrantOutcome::Revoked { already_gone: false }),
+            Err(e) if e.is_not_found() => Ok(GrantOutcome::Revoked { already_gone: true }),
+            Err(e) => Err(write_error(e, &group, &principal_id)),
+        }
+    }
+
+    /// Adds many principals to one group, 20 per `PATCH /groups/{id}` (`members@odata.bind`). Graph refuses a whole
+    /// PATCH when one reference is bad (one already a member, one unknown) and adds nothing; that chunk is then
+    /// added one by one so that each principal gets its own answer. One result per input, in input order.
+    pub async fn add_many(
+        &self,
+        group_id: &str,
+        principals: &[String],
+    ) -> Vec<(String, Result<GrantOutcome, ProviderError>)> {
+        let group = match self.writable_group(group_id).await {
+            Ok(group) => group,
+            Err(e) => return principals.iter().map(|p| (p.clone(), Err(e.clone()))).collect(),
+        };
+        // Each distinct principal is sent once; a bad id is answered without a call.
+        let mut answers: HashMap<String, Result<GrantOutcome, ProviderError>> = HashMap::new();
+        let mut unique: Vec<String> = Vec::new();
+        let keys: Vec<Result<String, ProviderError>> =
+            principals.iter().map(|p| object_id("principal id", p)).collect();
+        for id in keys.iter().flatten() {
+            if !unique.contains(id) {
+                unique.push(id.clone());
+            }
+        }
+        for chunk in unique.chunks(MAX_MEMBERS_PER_PATCH) {
+            match self.patch_members(&group, chunk).await {
+                Ok(()) => {
+                    for id in chunk {
+                        answers.insert(id.clone(), Ok(GrantOutcome::Granted { upstream_id: None, already: false }));
+                    }
+                }
+                Err(e) if has_status(&e, &[StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND]) => {
+                    tracing::info!(
+                        group_id = %group.id,
+                        members = chunk.len(),
+                        error = %e,
+                        "Graph refused the batch; adding its members one by one"
+                    );
+                    for id in chunk {
+                        let answer = self.add_checked(&group, id).await;
+                        answers.insert(id.clone(), answer);
+                    }
+                }
+                Err(e) => {
+                    let error = write_error(e, &group, "(batch)");
+                    for id in chunk {
+                        answers.insert(id.clone(), Err(error.clone()));
+                    }
+                }
+            }
+        }
+        principals
+            .iter()
+            .zip(keys)
+            .map(|(given, key)| {
+                let answer = match key {
+                    Ok(id) => answers.get(&id).cloned().unwrap_or_else(|| {
+                        Err(ProviderError::permanent("internal", format!("no answer was recorded for {id}")))
+                    }),
+                    Err(e) => Err(e),
+                };
+                (given.clone(), answer)
+            })
+            .collect()
+    }
+
+    async fn patch_members(&self, group: &EntraGroup, principal_ids: &[String]) -> Result<(), UpstreamError> {
+        let url = format!("{}/groups/{}", self.base_url, path_segment(&group.id));
+        let references: Vec<String> = principal_ids.iter().map(|id| self.reference(id)).collect();
+        let body = json!({ "members@odata.bind": references });
+        let expected = |e: &UpstreamError| has_status(e, &[StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND]);
+        self.caller.send("add_members", expected, |http| http.patch(&url).json(&body)).await.map(|_| ())
+    }
+
+    fn reference(&self, principal_id: &str) -> String {
+        format!("{}/directoryObjects/{}", self.reference_base, path_segment(principal_id))
+    }
+}
+
+fn is_already_member(error: &UpstreamError) -> bool {
+    error.status() == Some(StatusCode::BAD_REQUEST)
+        && upstream_message(error).to_ascii_lowercase().contains(ALREADY_MEMBER)
+}
+
+/// A refused membership write, with what it most likely means.
+fn write_error(error: UpstreamError, group: &EntraGroup, principal_id: &str) -> ProviderError {
+    match error.status() {
+        Some(StatusCode::NOT_FOUND) => ProviderError::permanent(
+            "not_found",
+            format!("Graph does not know principal {principal_id} (or group {} was deleted): {error}", group.id),
+        ),
+        Some(StatusCode::FORBIDDEN) => {
+            let permission = if group.is_assignable_to_role == Some(true) {
+                "GroupMember.ReadWrite.All and, as the group is role-assignable, RoleManagement.ReadWrite.Directory"
+            } else {
+                "GroupMember.ReadWrite.All"
+            };
+            ProviderError::permanent(
+                "forbidden",
+                format!(
+                    "Graph refused to change the membership of group {}: the app may be missing {permission}, or \
+                     the group's membership is managed by a rule or elsewhere: {error}",
+                    label(group)
+                ),
+            )
+        }
+        _ => error.into(),
+    }
+}
+
+fn label(group: &EntraGroup) -> String {
+    match group.display_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => format!("'{name}' ({})", group.id),
+        None => group.id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permanent(status: StatusCode, code: &str, message: &str) -> UpstreamError {
+        UpstreamError::Permanent { status, code: Some(code.into()), message: message.into(), request_id: None }
+    }
+
+    #[test]
+    fn already_a_member_is_the_documented_400() {
+        let documented =
+            "One or more added object references already exist for the following modified properties: 'members'.";
+        assert!(is_already_member(&permanent(StatusCode::BAD_REQUEST, "Request_BadRequest", documented)));
+        assert!(!is_already_member(&permanent(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            "Invalid object identifier"
+        )));
+        assert!(!is_already_member(&permanent(StatusCode::FORBIDDEN, "Authorization_RequestDenied", documented)));
+    }
+
+    #[test]
+    fn a_403_names_the_permissions_the_group_needs() {
+        let mut group: EntraGroup = serde_json::from_str(r#"{"id":"g","displayName":"Admins"}"#).unwrap();
+        let e = || permanent(StatusCode::FORBIDDEN, "Authorization_RequestDenied", "Insufficient privileges");
+        let err = write_error(e(), &group, "p");
+        assert_eq!(err.code(), "forbidden");
+        assert!(err.to_string().contains("'Admins' (g)") && !err.to_string().contains("RoleManagement"), "{err}");
+        group.is_assignable_to_role = Some(true);
+        assert!(write_error(e(), &group, "p").to_string().contains("RoleManagement.ReadWrite.Directory"));
+    }
+}
