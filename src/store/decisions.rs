@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{NewGrant, Store, StoreError, on_pool, parse_event_id};
+use super::{NewGrant, Store, StoreError, WORK_JOBS, notify_replicas, on_pool, parse_event_id};
 use crate::domain::EventId;
 
 /// An event leased to a worker for deciding.
@@ -139,6 +139,9 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            }
+            if !grants.is_empty() {
+                notify_replicas(self, &mut tx, WORK_JOBS).await?;
             }
             tx.commit().await?;
             Ok(true)

@@ -199,6 +199,9 @@ impl Store {
                 };
                 outcomes.push(outcome);
             }
+            if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
+                notify_replicas(self, &mut tx, WORK_EVENTS).await?;
+            }
             tx.commit().await?;
             Ok(outcomes)
         })
@@ -229,6 +232,31 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, |pool, _begin| pool.close().await)
     }
+}
+
+/// The PostgreSQL channel on which replicas tell each other about new work.
+pub const WORK_CHANNEL: &str = "grantbridge_work";
+/// Payload: new events to decide.
+pub const WORK_EVENTS: &str = "events";
+/// Payload: new grant jobs to execute.
+pub const WORK_JOBS: &str = "jobs";
+
+/// On PostgreSQL, tells every replica's listener that there is work (delivered when the transaction commits);
+/// SQLite has one process, whose workers the in-process notifier wakes.
+pub(crate) async fn notify_replicas<DB: sqlx::Database>(
+    store: &Store,
+    tx: &mut sqlx::Transaction<'_, DB>,
+    what: &'static str,
+) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    if let Store::Postgres(_) = store {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(WORK_CHANNEL).bind(what).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_event_id(s: &str) -> Result<EventId, StoreError> {

@@ -2,6 +2,7 @@
 //! New events wake them at once; a timer catches retries and leases left behind by a crashed replica.
 
 mod execute;
+mod listen;
 
 pub use execute::{Executor, ExecutorContext};
 
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::WorkerSettings;
 use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};
+use crate::inbound::normalize::{Normalized, normalize};
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
 use crate::store::{ClaimedEvent, NewGrant, Store, StoreError, StoredDecision};
@@ -81,7 +83,12 @@ impl Worker {
             Err(transient) => {
                 let message = format!("gave up after {} attempts: {transient}", event.attempts);
                 let refusal = Refusal::new(RefusalCode::ConfirmationUnavailable, message);
-                self.record(&event, Decided { ticket: None, decision: Decision::Refused(refusal) }).await
+                // Keep the ticket on the record, so that the refusal can be found by ticket and posted to it.
+                let ticket = match normalize(source.name(), source.tickets(), &event.body, None, event.received_at_ms) {
+                    Normalized::Ticket(t) => Some(*t),
+                    Normalized::Ignored(_) => None,
+                };
+                self.record(&event, Decided { ticket, decision: Decision::Refused(refusal) }).await
             }
         }
     }
@@ -167,6 +174,7 @@ fn retry_delay(attempts: i64) -> Duration {
 pub struct Workers {
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Workers {
@@ -175,15 +183,21 @@ impl Workers {
         let (stop, rx) = watch::channel(false);
         let mut handles: Vec<JoinHandle<()>> =
             (0..ctx.settings.count).map(|i| tokio::spawn(Worker::new(ctx.clone(), i).run(rx.clone()))).collect();
+        let listener = (ctx.settings.count > 0)
+            .then(|| listen::spawn(&ctx.store, ctx.wake.clone(), ctx.jobs_wake.clone()))
+            .flatten();
         if let Some(exec) = exec {
             let count = if ctx.settings.count == 0 { 0 } else { ctx.settings.executors };
             handles.extend((0..count).map(|i| Executor::new(exec.clone(), i).spawn(rx.clone())));
         }
-        Workers { stop, handles }
+        Workers { stop, handles, listener }
     }
 
     /// Lets each worker finish the event in hand, then stops them.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
         let _ = self.stop.send(true);
         for handle in self.handles {
             if tokio::time::timeout(grace, handle).await.is_err() {

@@ -118,9 +118,11 @@ async fn mount_not_found_users(fakes: &Fakes) {
         .await;
 }
 
-async fn spawn(backend: Backend, fakes: &Fakes, rule_extra: &str, workers_extra: &str) -> TestApp {
-    let db = TestDb::new(backend).await;
-    let dir = TempDir::new();
+/// The test service's config: fakes for every upstream, secrets in `dir`, `[workers]` as given (count 0 unless
+/// `workers` sets it: tests drive workers themselves).
+fn config(fakes: &Fakes, dir: &TempDir, rule_extra: &str, workers_extra: &str) -> String {
+    let workers =
+        if workers_extra.contains("count") { workers_extra.to_string() } else { format!("count = 0\n{workers_extra}") };
     let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
     let (jira_secret, sn_secret, token, password, client_secret) = (
         s("j", "jira-secret"),
@@ -129,13 +131,12 @@ async fn spawn(backend: Backend, fakes: &Fakes, rule_extra: &str, workers_extra:
         s("p", "sn-password"),
         s("c", "entra-client-secret"),
     );
-    let config = format!(
+    format!(
         r#"
 [server]
 workers = 1
 [workers]
-count = 0
-{workers_extra}
+{workers}
 
 [sources.jira]
 kind = "jira"
@@ -180,7 +181,13 @@ label = "EPM - User Portal Access"
         jira = fakes.jira.uri(),
         servicenow = fakes.servicenow.uri(),
         entra = fakes.entra.uri(),
-    );
+    )
+}
+
+async fn spawn(backend: Backend, fakes: &Fakes, rule_extra: &str, workers_extra: &str) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let dir = TempDir::new();
+    let config = config(fakes, &dir, rule_extra, workers_extra);
     let settings = settings_from(&config, &db);
     let app = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -594,4 +601,47 @@ async fn the_same_ticket_decided_twice_is_granted_once() {
     app.executor.run_pending().await.unwrap();
     assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap().len(), 1);
     assert_eq!(member_writes(&fakes).await.len(), 1, "one write to Graph");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "PostgreSQL test: set GRANTBRIDGE_TEST_POSTGRES_URL to run it")]
+async fn a_replica_is_woken_by_work_stored_by_another() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    let app = spawn(Backend::Postgres, &fakes, "", "").await;
+    // A second replica on the same database, deciding in the background, polling only once a minute.
+    let dir = TempDir::new();
+    let other = settings_from(&config(&fakes, &dir, "", "count = 1\npoll_ms = 60000"), &app._db);
+    let other = Application::build(other).await.unwrap();
+    let handle = other.handle();
+    tokio::spawn(other.run_until_stopped());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // its LISTEN is in place
+
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let event = grantbridge::domain::EventId::parse(&id).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.store.decision(event).await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the other replica was not woken by the notification");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    handle.stop(true).await;
+}
+
+#[tokio::test]
+async fn a_disabled_entra_account_does_not_receive_access() {
+    let fakes = bare_fakes().await;
+    Mock::given(method("GET"))
+        .and(path("/v1.0/users/riley.requester@example.com"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": RILEY_ID, "userPrincipalName": "riley.requester@example.com", "displayName": "Riley",
+            "mail": "riley.requester@example.com", "accountEnabled": false
+        })))
+        .mount(&fakes.entra)
+        .await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let detail = app.decision(&id).await;
+    assert_eq!(detail["decision"]["code"], "principal_not_found", "{detail}");
+    assert!(detail["decision"]["message"].as_str().unwrap().contains("disabled"), "{detail}");
 }
