@@ -86,6 +86,8 @@ struct RawWorkers {
     poll_ms: Option<u64>,
     max_attempts: Option<i64>,
     executors: Option<usize>,
+    graph_concurrency: Option<usize>,
+    arm_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +180,9 @@ pub struct WorkerSettings {
     pub max_attempts: i64,
     /// Grant jobs executed at once; several adds to one group then go out as one batched request.
     pub executors: usize,
+    /// Calls in flight at once to Microsoft Graph, and to Azure Resource Manager.
+    pub graph_concurrency: usize,
+    pub arm_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +308,17 @@ impl Settings {
         Settings::parse_resolved(text, origin, env, &BTreeMap::new())
     }
 
+    /// For commands that only sign or store (`send`, `migrate`): everything but the policy, which may name groups
+    /// that only Microsoft Graph can resolve.
+    pub fn load_without_policy(path: &Path) -> Result<Settings, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::at(&origin, format!("cannot read the config file: {e}")))?;
+        let mut raw = raw_config(&text, &origin)?;
+        raw.policy = PolicyConfig::default();
+        Settings::from_raw(raw, &text, &origin, &EnvOverrides::from_process())
+    }
+
     fn parse_resolved(
         text: &str,
         origin: &str,
@@ -311,6 +327,10 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let mut raw = raw_config(text, origin)?;
         raw.policy.resolve_group_names(group_ids);
+        Settings::from_raw(raw, text, origin, env)
+    }
+
+    fn from_raw(raw: RawConfig, text: &str, origin: &str, env: &EnvOverrides) -> Result<Settings, ConfigError> {
         let here = |span: std::ops::Range<usize>, key: &str| format!("{origin}:{}: {key}", line_col(text, span.start));
 
         let listen_text = env.listen.clone().or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
@@ -427,7 +447,9 @@ impl Settings {
             lease: Duration::from_secs(raw.workers.lease_secs.unwrap_or(120).max(1)),
             poll: Duration::from_millis(raw.workers.poll_ms.unwrap_or(1_000).max(10)),
             max_attempts: raw.workers.max_attempts.unwrap_or(6).max(1),
-            executors: raw.workers.executors.unwrap_or(16).clamp(1, 256),
+            executors: raw.workers.executors.unwrap_or(32).clamp(1, 256),
+            graph_concurrency: raw.workers.graph_concurrency.unwrap_or(8).clamp(1, 64),
+            arm_concurrency: raw.workers.arm_concurrency.unwrap_or(4).clamp(1, 64),
         };
 
         Ok(Settings {

@@ -62,10 +62,11 @@ impl Application {
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
         let metrics = Arc::new(Metrics::default());
         let jobs_wake = Arc::new(Notify::new());
-        let providers = settings
-            .entra
-            .as_ref()
-            .map(|e| Providers::from_entra(e, e.arm_url.clone()).with_group_batching(DEFAULT_BATCH_WINDOW));
+        let providers = settings.entra.as_ref().map(|e| {
+            Providers::from_entra(e, e.arm_url.clone())
+                .with_concurrency(settings.workers.graph_concurrency, settings.workers.arm_concurrency)
+                .with_group_batching(DEFAULT_BATCH_WINDOW)
+        });
         let exec = providers.map(|providers| {
             Arc::new(ExecutorContext {
                 store: store.clone(),

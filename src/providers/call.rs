@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::header::ACCEPT;
 use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::ProviderError;
@@ -24,6 +25,8 @@ pub(crate) struct Caller {
     /// Graph reads `client-request-id`, ARM `x-ms-client-request-id`.
     client_request_id_header: &'static str,
     pub(crate) policy: RetryPolicy,
+    /// Calls in flight to this upstream at once, shared by every client of it.
+    pub(crate) limit: Option<Arc<Semaphore>>,
 }
 
 impl Caller {
@@ -34,7 +37,15 @@ impl Caller {
         upstream: &'static str,
         client_request_id_header: &'static str,
     ) -> Self {
-        Caller { http, tokens, resource, upstream, client_request_id_header, policy: RetryPolicy::default() }
+        Caller {
+            http,
+            tokens,
+            resource,
+            upstream,
+            client_request_id_header,
+            policy: RetryPolicy::default(),
+            limit: None,
+        }
     }
 
     /// Sends what `build` makes with a bearer token and a fresh client request id (the same for every retry of
@@ -47,6 +58,11 @@ impl Caller {
         expected: impl Fn(&UpstreamError) -> bool,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, UpstreamError> {
+        // Held across the upstream's own retries too: when it asks us to back off, the other calls wait as well.
+        let _permit = match &self.limit {
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        };
         let client_request_id = Uuid::now_v7().to_string();
         let result = match self.send_once(&client_request_id, &build).await {
             // Only a 401 from the upstream itself: the identity platform refusing the app is not helped by asking again.

@@ -64,6 +64,12 @@ impl GroupCache {
 }
 
 impl GraphGroups {
+    /// Shares `limit` with every other client of the same upstream: at most that many calls in flight.
+    pub fn with_limit(mut self, limit: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
+        self.caller.limit = Some(limit);
+        self
+    }
+
     /// `base_url` is `https://graph.microsoft.com/v1.0` (a national cloud's Graph, or a fake's URL in tests); the
     /// token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {

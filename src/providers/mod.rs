@@ -133,6 +133,16 @@ impl Providers {
         )
     }
 
+    /// At most `graph` calls in flight to Microsoft Graph and `arm` to Azure Resource Manager, whatever the number
+    /// of executors. Apply before `with_group_batching`, whose batcher keeps its own copy of the group client.
+    pub fn with_concurrency(mut self, graph: usize, arm: usize) -> Self {
+        let graph = std::sync::Arc::new(tokio::sync::Semaphore::new(graph.max(1)));
+        self.groups = self.groups.with_limit(graph.clone());
+        self.pim = self.pim.with_limit(graph);
+        self.rbac = self.rbac.with_limit(std::sync::Arc::new(tokio::sync::Semaphore::new(arm.max(1))));
+        self
+    }
+
     /// Sends group-membership grants through a [`GroupAddBatcher`]: adds to one group within `window` of each
     /// other go out as one PATCH. Needs a Tokio runtime when the first grant is made.
     pub fn with_group_batching(mut self, window: Duration) -> Self {

@@ -46,6 +46,12 @@ impl Action {
 }
 
 impl Pim {
+    /// Shares `limit` with every other client of the same upstream: at most that many calls in flight.
+    pub fn with_limit(mut self, limit: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
+        self.caller.limit = Some(limit);
+        self
+    }
+
     /// `base_url` is the Graph v1.0 URL (or a fake's); the token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();

@@ -170,3 +170,30 @@ async fn a_scope_that_could_bend_the_url_is_refused_without_a_call() {
     assert_eq!(err.code(), "invalid_input");
     assert!(fakes.arm.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn calls_to_one_upstream_are_limited_across_executors() {
+    // Arrange: ARM answers after 300 ms; at most one ARM call may be in flight.
+    let fakes = Fakes::start().await;
+    Mock::given(method("PUT"))
+        .and(path_regex("/roleAssignments/"))
+        .respond_with(created(&assignment_path(USER)).set_delay(std::time::Duration::from_millis(300)))
+        .mount(&fakes.arm)
+        .await;
+    let providers = fakes.providers.with_concurrency(8, 1);
+    let users = [USER, OTHER_USER, crate::helpers::GROUP];
+
+    // Act: three grants at once.
+    let started = std::time::Instant::now();
+    let results = futures_util::future::join_all(users.iter().map(|u| {
+        let request = request(target(), u, None);
+        let providers = &providers;
+        async move { providers.grant(&request).await }
+    }))
+    .await;
+
+    // Assert: all granted, one after the other (three times the delay at least).
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "{:?}", started.elapsed());
+    assert_eq!(fakes.arm.received_requests().await.unwrap().len(), 3);
+}
