@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service: webhook intake, health and metrics.
+    /// Run the service: webhook intake, decisions, grant execution, health and metrics.
     Serve {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -182,7 +182,7 @@ async fn check_config(config: &Path) -> ExitCode {
 async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
     let (database, log) = match config {
         Some(path) => {
-            let s = Settings::load(path)?;
+            let s = Settings::load_without_policy(path)?;
             (s.database, s.log)
         }
         None => {
@@ -238,7 +238,7 @@ fn find_source<'a>(settings: &'a Settings, name: &str, config: &Path) -> anyhow:
 
 async fn send(event: &EventArgs, url: Option<&str>, signing_key: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (config, source_name, file) = (&event.config, event.source.as_str(), &event.file);
-    let settings = Settings::load(config)?;
+    let settings = Settings::load_without_policy(config)?;
     let source = find_source(&settings, source_name, config)?;
     let body = std::fs::read(file).with_context(|| format!("Failed to read {}", file.display()))?;
     let private_key = signing_key

@@ -7,7 +7,7 @@ use super::confirm::{self, Outcome};
 use super::principal::{self, PrincipalConfig, Resolved};
 use super::{Decided, Transient, missing_receiver, offline_principal};
 use crate::domain::{Approval, Confirmation, Decision, Principal, Refusal, RefusalCode, TicketAction, TicketEvent};
-use crate::entra::GraphDirectory;
+use crate::entra::{GraphDirectory, GraphError};
 use crate::inbound::Source;
 use crate::inbound::normalize::{Normalized, normalize};
 use crate::itsm::ItsmApi;
@@ -107,12 +107,18 @@ impl Decider {
                     Resolved::NotFound(_) => None,
                 };
             let member_of: BTreeSet<String> = match (&principal, groups.is_empty()) {
-                (Some(p), false) => directory
-                    .member_of_groups(&p.object_id, &groups)
-                    .await
-                    .map_err(|e| Transient(format!("Microsoft Graph: checkMemberGroups failed: {e}")))?
-                    .into_iter()
-                    .collect(),
+                (Some(p), false) => match directory.member_of_groups(&p.object_id, &groups).await {
+                    Ok(ids) => ids.into_iter().collect(),
+                    Err(GraphError::Upstream(e)) if e.is_transient() => {
+                        return Err(Transient(format!("Microsoft Graph: checkMemberGroups failed: {e}")));
+                    }
+                    // A refusal (403: the permission is missing) will not pass by waiting: the approver's
+                    // membership cannot be shown, so the rule's approver requirement is not met.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check an approver's group membership");
+                        BTreeSet::new()
+                    }
+                },
                 _ => BTreeSet::new(),
             };
             facts.push(ApproverFacts { approval, principal, groups: member_of });

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::Transient;
 use crate::config::ConfigError;
 use crate::domain::{PersonRef, Principal};
-use crate::entra::{GraphDirectory, GraphError};
+use crate::entra::{EntraUser, GraphDirectory, GraphError};
 use crate::itsm::ItsmApi;
 
 /// `[principals]`: how ticket people map to Entra users.
@@ -75,15 +75,23 @@ pub async fn resolve(
     };
     let upn = rules.rewrite(&email);
     match graph(directory.user(&upn).await)? {
-        Ok(Some(user)) => return Ok(Resolved::Found(user.into())),
+        Ok(Some(user)) => return Ok(found(user)),
         Ok(None) => {}
         Err(refused) => return Ok(Resolved::NotFound(refused)),
     }
     match graph(directory.user_by_mail(&email).await)? {
-        Ok(Some(user)) => Ok(Resolved::Found(user.into())),
+        Ok(Some(user)) => Ok(found(user)),
         Ok(None) => Ok(Resolved::NotFound(format!("no Entra user has the UPN {upn} or the mail {email}"))),
         Err(refused) => Ok(Resolved::NotFound(refused)),
     }
+}
+
+/// A disabled account is nobody to grant access to (or to count as an approver).
+fn found(user: EntraUser) -> Resolved {
+    if user.account_enabled == Some(false) {
+        return Resolved::NotFound(format!("the Entra account {} is disabled", user.user_principal_name));
+    }
+    Resolved::Found(user.into())
 }
 
 async fn email_from_itsm(api: Option<&ItsmApi>, person: &PersonRef) -> Result<Option<String>, Transient> {

@@ -184,3 +184,26 @@ fn migrate_applies_the_schema_once() {
     let second = run(&["migrate"], &[("GRANTBRIDGE_DATABASE_URL", &url)]);
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
+
+#[test]
+fn migrate_does_not_need_graph_to_resolve_the_policy() {
+    let dir = TempDir::new();
+    let secret = dir.write("s", "x");
+    let config = dir.write(
+        "named.toml",
+        format!(
+            "[sources.jira]\nkind = \"jira\"\n[[sources.jira.verify]]\nscheme = \"jira_hub_signature\"\nsecrets = [{{ file = \"{0}\" }}]\n\
+             [entra]\ntenant_id = \"8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73\"\nclient_id = \"3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24\"\n\
+             client_secret = {{ file = \"{0}\" }}\nauthority = \"http://127.0.0.1:9\"\ngraph_url = \"http://127.0.0.1:9/v1.0\"\n\
+             [[policy.rules]]\nname = \"named\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"Some Group\"\n",
+            secret.display()
+        ),
+    );
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let out = run(&["migrate", "--config", config.to_str().unwrap()], &[("GRANTBRIDGE_DATABASE_URL", &url)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // check-config does resolve names, and says plainly when Graph cannot be reached.
+    let check = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("group_name `Some Group`"));
+}
