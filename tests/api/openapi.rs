@@ -9,13 +9,16 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::Connection;
 
-use crate::common::{Backend, sign};
+use crate::common::{Backend, TempDir, sign};
 use crate::helpers::{JIRA_SECRET, TestApp, spawn_app, spawn_app_with};
 
 const HTTP_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 /// Codes that a black-box test cannot provoke cheaply; they must still be in `ApiError::code()`.
-const NOT_PROVOKED: [&str; 2] = ["not_ready", "unreadable_body"];
+/// `forbidden` needs a peer that is not a loopback address, and the test server listens on 127.0.0.1 only.
+const NOT_PROVOKED: [&str; 3] = ["not_ready", "unreadable_body", "forbidden"];
+
+const PLAN: &str = "/v1/plan";
 
 fn repo_file(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -108,27 +111,54 @@ impl Answer {
     }
 }
 
-/// A small JSON Schema check covering what openapi.yaml uses: `$ref`, `allOf`, `type`, `const`, `enum`,
-/// `required`, `properties`, `additionalProperties: false`, `minimum` and `format: uuid`.
+/// Whether `value` is of the JSON Schema type `kind`.
+fn is_of_type(kind: &str, value: &Value, at: &str) -> bool {
+    match kind {
+        "object" => value.is_object(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        other => panic!("{at}: schema type {other} is not handled by this check"),
+    }
+}
+
+/// A small JSON Schema check covering what openapi.yaml uses: `$ref`, `allOf`, `oneOf` (exactly one
+/// alternative fits), `type` (a name or a list of names, `null` included), `const`, `enum`, `required`,
+/// `properties`, `additionalProperties` (`false` or a schema), `items`, `minimum` and `format: uuid`.
 fn schema_errors(spec: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
     let schema = resolve(spec, schema);
     for part in schema["allOf"].as_array().into_iter().flatten() {
         schema_errors(spec, part, value, at, errors);
     }
-    if let Some(kind) = schema["type"].as_str() {
-        let matches = match kind {
-            "object" => value.is_object(),
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            other => panic!("{at}: schema type {other} is not handled by this check"),
-        };
-        if !matches {
-            errors.push(format!("{at}: {value} is not of type {kind}"));
-            return;
+    if let Some(alternatives) = schema["oneOf"].as_array() {
+        let found: Vec<Vec<String>> = alternatives
+            .iter()
+            .map(|alternative| {
+                let mut found = Vec::new();
+                schema_errors(spec, alternative, value, at, &mut found);
+                found
+            })
+            .collect();
+        let fitting = found.iter().filter(|f| f.is_empty()).count();
+        if fitting != 1 {
+            errors.push(format!("{at}: {value} fits {fitting} of the {} oneOf alternatives", alternatives.len()));
+            // The closest alternative says best what is wrong.
+            if let Some(closest) = found.into_iter().filter(|f| !f.is_empty()).min_by_key(Vec::len) {
+                errors.extend(closest.into_iter().map(|e| format!("  closest alternative: {e}")));
+            }
         }
+    }
+    let kinds: Vec<&str> = match &schema["type"] {
+        Value::String(kind) => vec![kind.as_str()],
+        Value::Array(kinds) => kinds.iter().map(|k| k.as_str().expect("type names are strings")).collect(),
+        _ => Vec::new(),
+    };
+    if !kinds.is_empty() && !kinds.iter().any(|kind| is_of_type(kind, value, at)) {
+        errors.push(format!("{at}: {value} is not of type {}", kinds.join(" or ")));
+        return;
     }
     if let Some(expected) = schema.get("const")
         && expected != value
@@ -148,6 +178,11 @@ fn schema_errors(spec: &Value, schema: &Value, value: &Value, at: &str, errors: 
     if schema["format"] == "uuid" && value.as_str().is_none_or(|s| uuid::Uuid::parse_str(s).is_err()) {
         errors.push(format!("{at}: {value} is not a UUID"));
     }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            schema_errors(spec, items, item, &format!("{at}[{i}]"), errors);
+        }
+    }
     let Some(object) = value.as_object() else { return };
     for required in schema["required"].as_array().into_iter().flatten() {
         let name = required.as_str().expect("required names are strings");
@@ -161,12 +196,19 @@ fn schema_errors(spec: &Value, schema: &Value, value: &Value, at: &str, errors: 
             schema_errors(spec, property, v, &format!("{at}.{name}"), errors);
         }
     }
-    if schema["additionalProperties"] == false {
-        for name in object.keys() {
-            if !properties.is_some_and(|p| p.contains_key(name)) {
+    let declared = |name: &String| properties.is_some_and(|p| p.contains_key(name));
+    match schema.get("additionalProperties") {
+        Some(Value::Bool(false)) => {
+            for name in object.keys().filter(|name| !declared(name)) {
                 errors.push(format!("{at}: property `{name}` is not in the schema"));
             }
         }
+        Some(extra @ Value::Object(_)) => {
+            for (name, v) in object.iter().filter(|(name, _)| !declared(name)) {
+                schema_errors(spec, extra, v, &format!("{at}.{name}"), errors);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -326,10 +368,41 @@ async fn the_error_code_enum_is_exactly_what_the_app_answers() {
         webhook,
         Answer::from(app.client.get(app.url("/webhooks/jira")).send().await.unwrap()).await,
     ));
+    // The plan route's own refusals, each checked against what /v1/plan documents.
+    provoked.push(("post", PLAN, post_plan(&app, &br#"{"source": 1}"#[..]).await));
+    provoked.push(("post", PLAN, post_plan(&app, plan_body("no-such-source", servicenow_ritm(), false)).await));
+    provoked.push(("post", PLAN, post_plan(&app, vec![b' '; 1024 * 1024 + 1]).await));
+    provoked.push(("post", PLAN, Answer::from(app.client.get(app.url(PLAN)).send().await.unwrap()).await));
     let nowhere = Answer::from(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
     assert_eq!((nowhere.status, nowhere.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(app.event_count().await, 0, "no error leaves an event behind");
     app.stop().await;
+
+    // Confirming with a ticketing API that nobody answers: the port was free a moment ago.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secrets = TempDir::new();
+    let password = secrets.write("servicenow-api", "integration-password");
+    let unreachable_api = format!(
+        r#"
+[sources.servicenow.api]
+base_url = "http://127.0.0.1:{closed_port}"
+auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{}" }} }}
+timeout_secs = 2
+
+[[policy.rules]]
+name = "portal-access"
+sources = ["servicenow"]
+[[policy.rules.grants]]
+kind = "group_member"
+group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
+"#,
+        password.display()
+    );
+    let unreachable = spawn_app_with(Backend::Sqlite, &unreachable_api).await;
+    let down = post_plan(&unreachable, plan_body("servicenow", servicenow_ritm(), true)).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE, "{}", down.body);
+    provoked.push(("post", PLAN, down));
+    unreachable.stop().await;
 
     // The store refusing a write: another connection holds SQLite's write lock.
     let locked = spawn_app_with(Backend::Sqlite, "[database]\nbusy_timeout_ms = 200\n").await;
@@ -354,6 +427,7 @@ async fn the_error_code_enum_is_exactly_what_the_app_answers() {
         "method_not_allowed",
         "not_found",
         "store_unavailable",
+        "upstream_unavailable",
     ];
     assert_eq!(codes, expected.iter().map(|c| c.to_string()).collect(), "each request provokes its own code");
 
@@ -400,5 +474,172 @@ async fn real_responses_match_their_documented_schemas() {
     assert_eq!(ready.json()["store"], "sqlite");
     let metrics = Answer::from(app.client.get(app.url("/metrics")).send().await.unwrap()).await;
     assert!(metrics.body.contains("grantbridge_webhook_requests_total{source=\"jira\",outcome=\"accepted\"} 1"));
+    // The series served and the series the spec describes are the same.
+    let described = spec["paths"]["/metrics"]["get"]["description"].as_str().expect("/metrics has a description");
+    let served: BTreeSet<&str> =
+        metrics.body.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let documented: BTreeSet<&str> = described
+        .split('`')
+        .filter(|word| word.starts_with("grantbridge_"))
+        .map(|word| word.split('{').next().unwrap_or(word))
+        .collect();
+    assert!(served.contains("grantbridge_decisions_total"), "the decision counter is served");
+    assert_eq!(served, documented, "the /metrics description in openapi.yaml names exactly the series served");
     app.stop().await;
+}
+
+/// An approved ServiceNow requested item, as the business rule in examples/servicenow/ sends it.
+fn servicenow_ritm() -> Value {
+    serde_json::json!({
+        "table": "sc_req_item",
+        "sys_id": "9d385017c611228701d22104cc95c371",
+        "number": "RITM0010001",
+        "cat_item": "Permissions portal access",
+        "requested_for": {"sys_id": "62826bf03710200044e0bfc8bcbe5df1", "user_name": "riley.requester", "email": "riley.requester@example.com"},
+        "opened_by": {"sys_id": "62826bf03710200044e0bfc8bcbe5df1", "user_name": "riley.requester"},
+        "approval": "approved",
+        "state": "1",
+        "variables": {"justification": "Billing project", "environment": "dev", "duration": "12h"},
+        "approvers": [{"sys_id": "46d44a5fa9fe198101e4d1c2b8a1e9a8", "user_name": "avery.approver", "email": "avery.approver@example.com", "state": "approved"}]
+    })
+}
+
+fn plan_body(source: &str, payload: Value, confirm: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "source": source, "payload": payload, "confirm": confirm })).unwrap()
+}
+
+async fn post_plan(app: &TestApp, body: impl Into<reqwest::Body>) -> Answer {
+    let request = app.client.post(app.url(PLAN)).header(CONTENT_TYPE, "application/json").body(body);
+    Answer::from(request.send().await.expect("the test server answers")).await
+}
+
+/// A policy for the `servicenow` source of the test config that plans one target of each kind.
+const PLAN_POLICY: &str = r#"
+[sources.servicenow.ticket]
+duration_field = "duration"
+
+[policy]
+dry_run = true
+
+[[policy.rules]]
+name = "portal-access"
+sources = ["servicenow"]
+request_types = ["Permissions portal access"]
+require_confirmation = false
+max_duration = "8h"
+
+[[policy.rules.grants]]
+kind = "group_member"
+group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
+label = "EPM - User Portal Access"
+
+[[policy.rules.grants]]
+kind = "pim_group"
+group_id = "0b9e7c31-5a4f-4e2d-8c1b-7a6f3e2d1c0b"
+access = "member"
+
+[[policy.rules.grants]]
+kind = "pim_role"
+role_definition_id = "62e90394-69f5-4237-9190-012177145e10"
+
+[[policy.rules.grants]]
+kind = "azure_rbac"
+choose_by = "environment"
+options = { dev = { scope = "/subscriptions/1b2c3d4e-5f60-4718-92a3-b4c5d6e7f809/resourceGroups/app-dev", role_definition_id = "b24988ac-6180-42a0-ab88-20f7382dd24c" } }
+"#;
+
+#[tokio::test]
+async fn the_plan_route_answers_as_documented() {
+    let spec = spec();
+
+    // The test config has no [policy] and no ticket mapping: a valid ticket is refused, offline or not.
+    let app = spawn_app(Backend::Sqlite).await;
+    for confirm in [false, true] {
+        let refused = post_plan(&app, plan_body("servicenow", servicenow_ritm(), confirm)).await;
+        assert_eq!(refused.status, StatusCode::OK, "{}", refused.body);
+        assert_documented(&spec, "post", PLAN, &refused);
+        let json = refused.json();
+        assert_eq!(json["ticket"]["ticket_key"], "RITM0010001");
+        assert_eq!(json["ticket"]["action"], "approved");
+        assert_eq!(json["decision"]["outcome"], "refused");
+        assert_eq!(json["decision"]["code"], "no_matching_rule");
+        assert_eq!(json["decision"]["rule"], Value::Null);
+    }
+
+    let not_a_ticket = serde_json::json!({ "table": "incident", "sys_id": "x", "number": "INC0010001" });
+    let ignored = post_plan(&app, plan_body("servicenow", not_a_ticket, false)).await;
+    assert_eq!(ignored.status, StatusCode::OK, "{}", ignored.body);
+    assert_documented(&spec, "post", PLAN, &ignored);
+    assert_eq!(ignored.json()["ticket"], Value::Null);
+    assert_eq!(ignored.json()["decision"]["outcome"], "ignored");
+
+    let mut pending = servicenow_ritm();
+    pending["approval"] = "requested".into();
+    let other = post_plan(&app, plan_body("servicenow", pending, false)).await;
+    assert_documented(&spec, "post", PLAN, &other);
+    assert!(other.json()["ticket"]["action"]["other"].is_string(), "{}", other.body);
+    assert_eq!(app.event_count().await, 0, "planning stores nothing");
+    app.stop().await;
+
+    // With a policy: a dry-run plan with one grant of each kind, the requested 12 h capped to 8 h.
+    let app = spawn_app_with(Backend::Sqlite, PLAN_POLICY).await;
+    let planned = post_plan(&app, plan_body("servicenow", servicenow_ritm(), false)).await;
+    assert_eq!(planned.status, StatusCode::OK, "{}", planned.body);
+    assert_documented(&spec, "post", PLAN, &planned);
+    let json = planned.json();
+    assert_eq!(json["ticket"]["requested_duration"], 12 * 3600);
+    let decision = &json["decision"];
+    assert_eq!(decision["outcome"], "plan", "{}", planned.body);
+    assert_eq!(decision["dry_run"], true);
+    assert_eq!(decision["confirmation"]["status"], "skipped");
+    let grants = decision["grants"].as_array().unwrap();
+    let kinds: Vec<&str> = grants.iter().map(|g| g["target"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["group_member", "pim_group", "pim_role", "azure_rbac"]);
+    assert!(grants.iter().all(|g| g["duration_secs"] == 8 * 3600), "{}", planned.body);
+    app.stop().await;
+}
+
+#[test]
+fn the_plan_examples_fit_their_schemas() {
+    let spec = spec();
+    let operation = &spec["paths"][PLAN]["post"];
+    let mut errors = Vec::new();
+    let request = &operation["requestBody"]["content"]["application/json"];
+    schema_errors(&spec, &request["schema"], &request["example"], "request example", &mut errors);
+    let response = &operation["responses"]["200"]["content"]["application/json"];
+    for (name, example) in response["examples"].as_object().expect("the 200 answer has examples") {
+        schema_errors(&spec, &response["schema"], &example["value"], &format!("example {name}"), &mut errors);
+    }
+    assert!(errors.is_empty(), "the /v1/plan examples do not fit their schemas:\n  {}", errors.join("\n  "));
+}
+
+/// The `"code"` strings of `RefusalCode::as_str()`, read from the source.
+fn refusal_codes_in_source() -> BTreeSet<String> {
+    let source = std::fs::read_to_string(repo_file("src/domain/plan.rs")).expect("src/domain/plan.rs is readable");
+    let start = source.find("impl RefusalCode").expect("RefusalCode has an impl in src/domain/plan.rs");
+    let body = &source[start..];
+    let end = body.find("\n    }\n").expect("the end of RefusalCode::as_str()");
+    body[..end]
+        .split("=> \"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(code, _)| code.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_refusal_code_enum_is_exactly_the_domain_codes() {
+    let spec = spec();
+    let documented: BTreeSet<String> = spec["components"]["schemas"]["RefusalCode"]["enum"]
+        .as_array()
+        .expect("components.schemas.RefusalCode has an enum")
+        .iter()
+        .map(|code| code.as_str().expect("codes are strings").to_string())
+        .collect();
+    let in_source = refusal_codes_in_source();
+    assert!(!in_source.is_empty());
+    assert_eq!(documented, in_source, "components.schemas.RefusalCode.enum lists exactly RefusalCode::as_str()");
+    let table = spec["components"]["schemas"]["RefusalCode"]["description"].as_str().unwrap();
+    for code in &in_source {
+        assert!(table.contains(&format!("| `{code}` |")), "{code} is missing from the RefusalCode table");
+    }
 }
