@@ -257,3 +257,30 @@ impl Store {
         })
     }
 }
+
+/// What a heartbeat extends.
+#[derive(Debug, Clone, Copy)]
+pub enum Leased<'a> {
+    Event(crate::domain::EventId),
+    Job(&'a str),
+}
+
+impl Store {
+    /// Extends `owner`'s lease while it is still working; false when the lease is no longer its own.
+    pub async fn extend_lease(&self, what: Leased<'_>, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+        let (sql, id) = match what {
+            Leased::Event(id) => (
+                "UPDATE events SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'",
+                id.to_string(),
+            ),
+            Leased::Job(id) => (
+                "UPDATE jobs SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+                id.to_string(),
+            ),
+        };
+        on_pool!(self, |pool, _begin| {
+            let done = sqlx::query(sql).bind(until_ms).bind(&id).bind(owner).execute(pool).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+}

@@ -19,7 +19,7 @@ use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
 pub use decisions::{ClaimedEvent, StoredDecision};
-pub use grants::{ClaimedJob, GrantRecord, JobResult, NewGrant};
+pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant};
 
 #[derive(Clone)]
 pub enum Store {

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use super::retry_delay;
+use super::{retry_delay, with_heartbeat};
 use crate::domain::GrantTarget;
 use crate::inbound::{Source, SourceKind, unix_millis};
 use crate::metrics::Metrics;
 use crate::providers::{GrantOutcome, GrantRequest, ProviderError, Providers};
-use crate::store::{ClaimedJob, JobResult, Store, StoreError};
+use crate::store::{ClaimedJob, JobResult, Leased, Store, StoreError};
 
 pub struct ExecutorContext {
     pub store: Store,
@@ -41,7 +41,8 @@ impl Executor {
     pub async fn run_once(&self) -> Result<bool, StoreError> {
         let now = unix_millis(SystemTime::now());
         let Some(job) = self.ctx.store.claim_job(&self.id, now, self.ctx.lease).await? else { return Ok(false) };
-        let result = self.execute(&job).await;
+        let result =
+            with_heartbeat(&self.ctx.store, Leased::Job(&job.id), &self.id, self.ctx.lease, self.execute(&job)).await;
         let now = unix_millis(SystemTime::now());
         if !self.ctx.store.finish_job(&job, &self.id, &result, now).await? {
             tracing::warn!(job = %job.id, "lease lost while executing: another executor took the job over");

@@ -19,7 +19,7 @@ use crate::domain::{Decision, Refusal, RefusalCode};
 use crate::inbound::normalize::{Normalized, normalize};
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
-use crate::store::{ClaimedEvent, NewGrant, Store, StoreError, StoredDecision};
+use crate::store::{ClaimedEvent, Leased, NewGrant, Store, StoreError, StoredDecision};
 
 /// What a worker needs; shared by all workers of a process.
 pub struct WorkerContext {
@@ -138,6 +138,33 @@ impl Worker {
                 () = &mut notified => {}
                 () = tokio::time::sleep(self.ctx.settings.poll) => {}
                 _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease on what it works on every third of the lease, so that slow upstreams
+/// (a long Retry-After) never make another worker take over work that is still in progress.
+pub(crate) async fn with_heartbeat<T>(
+    store: &Store,
+    what: Leased<'_>,
+    owner: &str,
+    lease: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(lease / 3);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticker.tick() => {
+                let until = unix_millis(SystemTime::now() + lease);
+                match store.extend_lease(what, owner, until).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!("lease lost during the work; its outcome will be discarded"),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+                }
             }
         }
     }

@@ -645,3 +645,29 @@ async fn a_disabled_entra_account_does_not_receive_access() {
     assert_eq!(detail["decision"]["code"], "principal_not_found", "{detail}");
     assert!(detail["decision"]["message"].as_str().unwrap().contains("disabled"), "{detail}");
 }
+
+#[tokio::test]
+async fn a_slow_grant_keeps_its_lease_and_is_not_taken_over() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    writable_group(&fakes, json!([])).await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(204).set_delay(std::time::Duration::from_millis(2500)))
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, "", "lease_secs = 1").await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    app.decision(&id).await;
+    let app = std::sync::Arc::new(app);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { app.executor.run_once().await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    // Past the 1 s lease, but the first executor renewed it while Graph was answering.
+    assert!(!app.executor.run_once().await.unwrap(), "the job in progress was taken over");
+    assert!(first.await.unwrap());
+    assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0].state, "active");
+    assert_eq!(member_writes(&fakes).await.len(), 1);
+}
