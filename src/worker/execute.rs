@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use super::{retry_delay, with_heartbeat};
+use super::{Step, drain, retry_delay, with_heartbeat};
 use crate::domain::GrantTarget;
 use crate::inbound::{Source, SourceKind, unix_millis};
 use crate::metrics::Metrics;
@@ -52,11 +52,7 @@ impl Executor {
 
     /// Executes everything that is due, then returns: what tests call instead of sleeping.
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
-        let mut done = 0;
-        while self.run_once().await? {
-            done += 1;
-        }
-        Ok(done)
+        drain(self).await
     }
 
     #[tracing::instrument(name = "execute", skip_all, fields(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, kind = %job.kind, attempt = job.attempts))]
@@ -114,31 +110,11 @@ impl Executor {
         tracing::error!(error = %error, "grant failed; the job is a dead letter");
         JobResult::Dead { error }
     }
+}
 
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let wake = self.ctx.wake.clone();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.run_once().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "executor cannot reach the store"),
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(self.ctx.poll) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
-
-    pub(super) fn spawn(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(stop))
+impl Step for Executor {
+    async fn step(&self) -> Result<bool, StoreError> {
+        self.run_once().await
     }
 }
 

@@ -57,11 +57,7 @@ impl Worker {
 
     /// Decides everything that is due, then returns: what tests call instead of sleeping.
     pub async fn run_pending(&self) -> Result<usize, StoreError> {
-        let mut done = 0;
-        while self.run_once().await? {
-            done += 1;
-        }
-        Ok(done)
+        drain(self).await
     }
 
     #[tracing::instrument(name = "decide", skip_all, fields(event_id = %event.id, source = %event.source, attempt = event.attempts))]
@@ -118,29 +114,6 @@ impl Worker {
         }
         Ok(())
     }
-
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let wake = self.ctx.wake.clone();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            // Registered before looking, so a wake-up between the empty claim and the wait is not lost.
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.run_once().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "worker cannot reach the store"),
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(self.ctx.settings.poll) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
 }
 
 /// Runs `work` while renewing the lease on what it works on every third of the lease, so that slow upstreams
@@ -190,6 +163,55 @@ fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
         .collect()
 }
 
+/// One unit of queued work at a time: deciding an event, or executing a grant job.
+pub(crate) trait Step {
+    /// Does one due unit of work; `Ok(false)` when there was none.
+    async fn step(&self) -> Result<bool, StoreError>;
+}
+
+impl Step for Worker {
+    async fn step(&self) -> Result<bool, StoreError> {
+        self.run_once().await
+    }
+}
+
+/// Does everything that is due, then returns.
+pub(crate) async fn drain(work: &impl Step) -> Result<usize, StoreError> {
+    let mut done = 0;
+    while work.step().await? {
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Works until stopped: at once when `wake` is notified, else every `poll` (for retry times and expired leases).
+pub(crate) async fn run_until_stopped(
+    work: impl Step,
+    wake: Arc<Notify>,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Registered before looking, so a wake-up between the empty look and the wait is not lost.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match work.step().await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot reach the store"),
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// 5 s, 10 s, 20 s ... up to 10 minutes, with jitter so that replicas do not retry in step.
 fn retry_delay(attempts: i64) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 10)).unwrap_or(10);
@@ -208,14 +230,21 @@ impl Workers {
     /// Deciding workers, and executors when there is an Entra tenant to execute against.
     pub fn spawn(ctx: Arc<WorkerContext>, exec: Option<Arc<ExecutorContext>>) -> Workers {
         let (stop, rx) = watch::channel(false);
-        let mut handles: Vec<JoinHandle<()>> =
-            (0..ctx.settings.count).map(|i| tokio::spawn(Worker::new(ctx.clone(), i).run(rx.clone()))).collect();
+        let mut handles: Vec<JoinHandle<()>> = (0..ctx.settings.count)
+            .map(|i| {
+                let worker = Worker::new(ctx.clone(), i);
+                tokio::spawn(run_until_stopped(worker, ctx.wake.clone(), ctx.settings.poll, rx.clone()))
+            })
+            .collect();
         let listener = (ctx.settings.count > 0)
             .then(|| listen::spawn(&ctx.store, ctx.wake.clone(), ctx.jobs_wake.clone()))
             .flatten();
         if let Some(exec) = exec {
             let count = if ctx.settings.count == 0 { 0 } else { ctx.settings.executors };
-            handles.extend((0..count).map(|i| Executor::new(exec.clone(), i).spawn(rx.clone())));
+            handles.extend((0..count).map(|i| {
+                let executor = Executor::new(exec.clone(), i);
+                tokio::spawn(run_until_stopped(executor, exec.wake.clone(), exec.poll, rx.clone()))
+            }));
         }
         Workers { stop, handles, listener }
     }
