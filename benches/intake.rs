@@ -4,6 +4,7 @@
 //!     cargo bench --bench intake                     # SQLite (WAL, synchronous=FULL)
 //!     cargo bench --bench intake -- --postgres URL   # PostgreSQL
 //!     cargo bench --bench intake -- --seconds 20 --connections 64
+//!     cargo bench --bench intake -- --workers 0                  # an intake-only replica
 //!
 //! The server under test is the release `grantbridge` binary, started as its own process with a Jira source
 //! (X-Hub-Signature). Every request carries a unique delivery id and body and is signed like Jira signs it.
@@ -26,10 +27,12 @@ struct Options {
     connections: usize,
     rate: u64,
     postgres: Option<String>,
+    /// Deciding workers in the server (2 is `serve`'s default; 0 is an intake-only replica).
+    workers: usize,
 }
 
 fn parse_options() -> Options {
-    let mut o = Options { seconds: 10, connections: 64, rate: 1000, postgres: None };
+    let mut o = Options { seconds: 10, connections: 64, rate: 1000, postgres: None, workers: 2 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -37,6 +40,7 @@ fn parse_options() -> Options {
             "--connections" => o.connections = args.next().and_then(|v| v.parse().ok()).unwrap_or(o.connections),
             "--rate" => o.rate = args.next().and_then(|v| v.parse().ok()).unwrap_or(o.rate),
             "--postgres" => o.postgres = args.next(),
+            "--workers" => o.workers = args.next().and_then(|v| v.parse().ok()).unwrap_or(o.workers),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -80,7 +84,7 @@ fn requests(count: usize, tag: &str) -> Vec<Request> {
     (0..count)
         .map(|i| {
             let body = format!(
-                r#"{{"timestamp":{ts},"webhookEvent":"jira:issue_updated","issue_event_type_name":"issue_generic","user":{{"accountId":"5b10ac8d82e05b22cc7d4ef5","displayName":"Avery Approver"}},"issue":{{"id":"{i}","key":"ACCESS-{i}","fields":{{"summary":"Permissions portal access","customfield_10010":{{"requestType":{{"name":"Permissions portal access"}}}},"reporter":{{"accountId":"5b10a2844c20165700ede21g"}}}}}},"changelog":{{"id":"{i}","items":[{{"field":"status","fieldtype":"jira","from":"10001","fromString":"Waiting for approval","to":"10002","toString":"Approved"}}]}}}}"#,
+                r#"{{"timestamp":{ts},"bench":"{tag}","webhookEvent":"jira:issue_updated","issue_event_type_name":"issue_generic","user":{{"accountId":"5b10ac8d82e05b22cc7d4ef5","displayName":"Avery Approver"}},"issue":{{"id":"{i}","key":"ACCESS-{i}","fields":{{"summary":"Permissions portal access","customfield_10010":{{"requestType":{{"name":"Permissions portal access"}}}},"reporter":{{"accountId":"5b10a2844c20165700ede21g"}}}}}},"changelog":{{"id":"{i}","items":[{{"field":"status","fieldtype":"jira","from":"10001","fromString":"Waiting for approval","to":"10002","toString":"Approved"}}]}}}}"#,
                 ts = 1_764_316_800_000u64 + i as u64
             );
             let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
@@ -263,7 +267,7 @@ async fn run(o: Options) {
     let config = dir.join("bench.toml");
     std::fs::write(
         &config,
-        "[log]\nlevel = \"warn\"\n[sources.jira]\nkind = \"jira\"\n[[sources.jira.verify]]\nscheme = \"jira_hub_signature\"\nsecrets = [{ env = \"BENCH_SECRET\" }]\n",
+        format!("[workers]\ncount = {}\n[log]\nlevel = \"warn\"\n[sources.jira]\nkind = \"jira\"\n[[sources.jira.verify]]\nscheme = \"jira_hub_signature\"\nsecrets = [{{ env = \"BENCH_SECRET\" }}]\n", o.workers),
     )
     .unwrap();
 
@@ -303,16 +307,22 @@ async fn run(o: Options) {
     };
     wait_listening(port).await;
     let url = format!("http://127.0.0.1:{port}/webhooks/jira");
-    let _ = saturate(&url, Arc::new(requests(2000, "warm")), o.connections, Duration::from_secs(1)).await;
+    let warm = saturate(&url, Arc::new(requests(2000, "warm")), o.connections, Duration::from_secs(1)).await;
     let stored = saturate(&url, saturate_reqs, o.connections, duration).await;
     let paced = fixed_rate(&url, rate_reqs, o.rate, duration).await;
     let (rss, peak) = server.rss_kib();
     drop(server);
     let in_store = count_events(&database_url).await;
-    let expected = 2000 + stored.requests + paced.requests;
+    let expected = warm.requests + stored.requests + paced.requests;
 
     println!();
-    println!("backend: {backend}; {} connections; {} s per run; {} cores", o.connections, o.seconds, num_cores());
+    println!(
+        "backend: {backend}; {} deciding workers; {} connections; {} s per run; {} cores",
+        o.workers,
+        o.connections,
+        o.seconds,
+        num_cores()
+    );
     println!();
     println!("| run | requests | errors | req/s | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");

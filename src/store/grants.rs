@@ -122,32 +122,35 @@ fn grant_from(row: GrantRow) -> GrantRecord {
     }
 }
 
-const CLAIM_JOB_SQLITE: &str = "UPDATE jobs
+// As for events: due jobs first, then abandoned leases, each an index range.
+const CLAIM_DUE_JOB: &str = "UPDATE jobs
     SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
-    WHERE id = (SELECT id FROM jobs
-                WHERE (state = 'queued' AND next_attempt_at_ms <= $3) OR (state = 'running' AND lease_until_ms < $3)
-                ORDER BY next_attempt_at_ms LIMIT 1)
+    WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at_ms <= $3
+                ORDER BY next_attempt_at_ms LIMIT 1 {lock})
     RETURNING id, grant_id, kind, attempts";
 
-const CLAIM_JOB_POSTGRES: &str = "UPDATE jobs
+const CLAIM_ABANDONED_JOB: &str = "UPDATE jobs
     SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
-    WHERE id = (SELECT id FROM jobs
-                WHERE (state = 'queued' AND next_attempt_at_ms <= $3) OR (state = 'running' AND lease_until_ms < $3)
-                ORDER BY next_attempt_at_ms LIMIT 1
-                FOR UPDATE SKIP LOCKED)
+    WHERE id = (SELECT id FROM jobs WHERE state = 'running' AND lease_until_ms < $3
+                ORDER BY next_attempt_at_ms LIMIT 1 {lock})
     RETURNING id, grant_id, kind, attempts";
 
 impl Store {
     /// Leases the next due job to `owner`, with its grant.
     pub async fn claim_job(&self, owner: &str, now_ms: i64, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
         let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let claimed: Option<(String, String, String, i64)> = on_pool!(self, |pool, _begin| {
-            let sql = match self {
-                Store::Sqlite(_) => CLAIM_JOB_SQLITE,
-                Store::Postgres(_) => CLAIM_JOB_POSTGRES,
-            };
-            sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).fetch_optional(pool).await?
-        });
+        let mut claimed: Option<(String, String, String, i64)> = None;
+        for template in [CLAIM_DUE_JOB, CLAIM_ABANDONED_JOB] {
+            let sql = sqlx::AssertSqlSafe(template.replace("{lock}", self.row_lock()));
+            claimed = on_pool!(
+                self,
+                background | pool,
+                _begin | sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).fetch_optional(pool).await?
+            );
+            if claimed.is_some() {
+                break;
+            }
+        }
         let Some((id, grant_id, kind, attempts)) = claimed else { return Ok(None) };
         let grant = self
             .grant(&grant_id)
@@ -164,67 +167,71 @@ impl Store {
         result: &JobResult,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        on_pool!(self, |pool, begin| {
-            let mut tx = pool.begin_with(begin).await?;
-            let (job_state, next_at, error) = match result {
-                JobResult::Done { .. } => ("done", now_ms, None),
-                JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
-                JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
-            };
-            let updated = sqlx::query(
-                "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
+        on_pool!(
+            self,
+            background | pool,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let (job_state, next_at, error) = match result {
+                    JobResult::Done { .. } => ("done", now_ms, None),
+                    JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
+                    JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
+                };
+                let updated = sqlx::query(
+                    "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
                      lease_until_ms = NULL, updated_at_ms = $4
                  WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
-            )
-            .bind(job_state)
-            .bind(next_at)
-            .bind(error)
-            .bind(now_ms)
-            .bind(&job.id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated != 1 {
-                return Ok(false);
-            }
-            match result {
-                JobResult::Done { grant_state, upstream_id, expires_at_ms } => {
-                    sqlx::query(
-                        "UPDATE grants SET state = $1, upstream_id = COALESCE($2, upstream_id), expires_at_ms = $3,
+                )
+                .bind(job_state)
+                .bind(next_at)
+                .bind(error)
+                .bind(now_ms)
+                .bind(&job.id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated != 1 {
+                    return Ok(false);
+                }
+                match result {
+                    JobResult::Done { grant_state, upstream_id, expires_at_ms } => {
+                        sqlx::query(
+                            "UPDATE grants SET state = $1, upstream_id = COALESCE($2, upstream_id), expires_at_ms = $3,
                              last_error = NULL, updated_at_ms = $4
                          WHERE id = $5",
-                    )
-                    .bind(*grant_state)
-                    .bind(upstream_id)
-                    .bind(expires_at_ms)
-                    .bind(now_ms)
-                    .bind(&job.grant.id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                JobResult::Retry { error, .. } => {
-                    sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
+                        )
+                        .bind(*grant_state)
+                        .bind(upstream_id)
+                        .bind(expires_at_ms)
+                        .bind(now_ms)
+                        .bind(&job.grant.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    JobResult::Retry { error, .. } => {
+                        sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
+                            .bind(error)
+                            .bind(now_ms)
+                            .bind(&job.grant.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    JobResult::Dead { error } => {
+                        sqlx::query(
+                            "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",
+                        )
                         .bind(error)
                         .bind(now_ms)
                         .bind(&job.grant.id)
                         .execute(&mut *tx)
                         .await?;
+                    }
                 }
-                JobResult::Dead { error } => {
-                    sqlx::query(
-                        "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",
-                    )
-                    .bind(error)
-                    .bind(now_ms)
-                    .bind(&job.grant.id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                tx.commit().await?;
+                Ok(true)
             }
-            tx.commit().await?;
-            Ok(true)
-        })
+        )
     }
 
     pub async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
@@ -278,9 +285,13 @@ impl Store {
                 id.to_string(),
             ),
         };
-        on_pool!(self, |pool, _begin| {
-            let done = sqlx::query(sql).bind(until_ms).bind(&id).bind(owner).execute(pool).await?;
-            Ok(done.rows_affected() == 1)
-        })
+        on_pool!(
+            self,
+            background | pool,
+            _begin | {
+                let done = sqlx::query(sql).bind(until_ms).bind(&id).bind(owner).execute(pool).await?;
+                Ok(done.rows_affected() == 1)
+            }
+        )
     }
 }

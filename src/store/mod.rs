@@ -7,6 +7,7 @@ mod decisions;
 mod grants;
 mod migrations;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::SystemTime;
 
@@ -23,8 +24,23 @@ pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant};
 
 #[derive(Clone)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteStore),
     Postgres(PgPool),
+}
+
+/// An SQLite database has one writer at a time. Writers of this process queue here, in order, instead of
+/// meeting in SQLite's busy handler, which sleeps up to 100 ms between tries: the intake's group commit then
+/// waits for at most the few writes queued before it.
+///
+/// Work that can be redone (claiming, recording decisions and job outcomes) is committed on a second pool with
+/// `synchronous=NORMAL`: no fsync of its own. Power loss can undo such a commit, and the work is then done again,
+/// idempotently. Intake commits stay `FULL`, and their fsync of the shared WAL also makes durable every earlier
+/// background commit.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub pool: SqlitePool,
+    background: SqlitePool,
+    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +76,41 @@ pub struct StoredEvent {
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool and `$begin` to its write-transaction statement.
+/// The `write` form first takes the SQLite write gate, for anything that writes; `background` does too, for
+/// work that can be redone, on the connections that do not fsync.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident, $begin:ident| $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => {
+            Store::Sqlite(sqlite) => {
+                let $pool = &sqlite.pool;
+                let $begin = "BEGIN IMMEDIATE";
+                $body
+            }
+            Store::Postgres($pool) => {
+                let $begin = "BEGIN";
+                $body
+            }
+        }
+    };
+    ($store:expr, background |$pool:ident, $begin:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite(sqlite) => {
+                let _writer = sqlite.gate.lock().await;
+                let $pool = &sqlite.background;
+                let $begin = "BEGIN IMMEDIATE";
+                $body
+            }
+            Store::Postgres($pool) => {
+                let $begin = "BEGIN";
+                $body
+            }
+        }
+    };
+    ($store:expr, write |$pool:ident, $begin:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite(sqlite) => {
+                let _writer = sqlite.gate.lock().await;
+                let $pool = &sqlite.pool;
                 // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a failed upgrade.
                 let $begin = "BEGIN IMMEDIATE";
                 $body
@@ -86,12 +133,18 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(db.busy_timeout)
                 .foreign_keys(true);
+            let acquire = db.busy_timeout.max(std::time::Duration::from_secs(1));
             let pool = SqlitePoolOptions::new()
                 .max_connections(db.max_connections)
-                .acquire_timeout(db.busy_timeout.max(std::time::Duration::from_secs(1)))
-                .connect_with(options)
+                .acquire_timeout(acquire)
+                .connect_with(options.clone())
                 .await?;
-            Ok(Store::Sqlite(pool))
+            let background = SqlitePoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(acquire)
+                .connect_with(options.synchronous(SqliteSynchronous::Normal))
+                .await?;
+            Ok(Store::Sqlite(SqliteStore { pool, background, gate: Default::default() }))
         } else {
             let mut options = PgConnectOptions::from_str(&db.url)?.application_name("grantbridge");
             if let Some(password) = &db.password {
@@ -103,6 +156,24 @@ impl Store {
                 .connect_with(options)
                 .await?;
             Ok(Store::Postgres(pool))
+        }
+    }
+
+    /// Rows per INSERT. SQLite runs in-process, so fewer statements is less work for the single writer.
+    /// PostgreSQL plans every distinct statement text, and a batch's size would make a new one each time;
+    /// one row per statement keeps a single prepared statement.
+    fn insert_chunk(&self) -> usize {
+        match self {
+            Store::Sqlite(_) => INSERT_CHUNK,
+            Store::Postgres(_) => 1,
+        }
+    }
+
+    /// What a claim's subquery adds so that concurrent claimers on PostgreSQL skip each other's rows.
+    fn row_lock(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "",
+            Store::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         }
     }
 
@@ -120,33 +191,37 @@ impl Store {
             Store::Postgres(_) => migrations::POSTGRES,
         };
         let known = list.last().map_or(0, |m| m.version);
-        on_pool!(self, |pool, begin| {
-            let mut tx = pool.begin_with(begin).await?;
-            if let Store::Postgres(_) = self {
-                // Replicas starting together: one migrates, the others wait and then find nothing to do.
-                sqlx::query("SELECT pg_advisory_xact_lock(7342016331)").execute(&mut *tx).await?;
+        on_pool!(
+            self,
+            write | pool,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                if let Store::Postgres(_) = self {
+                    // Replicas starting together: one migrates, the others wait and then find nothing to do.
+                    sqlx::query("SELECT pg_advisory_xact_lock(7342016331)").execute(&mut *tx).await?;
+                }
+                sqlx::raw_sql(migrations::CREATE_TABLE).execute(&mut *tx).await?;
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&mut *tx).await?;
+                let current = current.unwrap_or(0);
+                if current > known {
+                    return Err(StoreError::SchemaTooNew { found: current, known });
+                }
+                let mut applied = Vec::new();
+                for m in list.iter().filter(|m| m.version > current) {
+                    sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
+                        .bind(m.version)
+                        .bind(m.name)
+                        .bind(unix_millis(SystemTime::now()))
+                        .execute(&mut *tx)
+                        .await?;
+                    applied.push(m.version);
+                }
+                tx.commit().await?;
+                Ok(applied)
             }
-            sqlx::raw_sql(migrations::CREATE_TABLE).execute(&mut *tx).await?;
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&mut *tx).await?;
-            let current = current.unwrap_or(0);
-            if current > known {
-                return Err(StoreError::SchemaTooNew { found: current, known });
-            }
-            let mut applied = Vec::new();
-            for m in list.iter().filter(|m| m.version > current) {
-                sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
-                    .bind(m.version)
-                    .bind(m.name)
-                    .bind(unix_millis(SystemTime::now()))
-                    .execute(&mut *tx)
-                    .await?;
-                applied.push(m.version);
-            }
-            tx.commit().await?;
-            Ok(applied)
-        })
+        )
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -159,52 +234,56 @@ impl Store {
     /// Stores a batch of events in one transaction (one commit, one fsync), de-duplicating each on
     /// (source, dedup_key). Either every event of the batch is durable or none is.
     pub async fn insert_events(&self, events: &[&IncomingEvent]) -> Result<Vec<Inserted>, StoreError> {
-        on_pool!(self, |pool, begin| {
-            let mut tx = pool.begin_with(begin).await?;
-            let mut outcomes = Vec::with_capacity(events.len());
-            for e in events {
-                let inserted: Option<String> = sqlx::query_scalar(
-                    "INSERT INTO events
-                         (id, source, dedup_key, replay_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT DO NOTHING
-                     RETURNING id",
-                )
-                .bind(e.id.to_string())
-                .bind(&e.source)
-                .bind(&e.dedup_key)
-                .bind(&e.replay_key)
-                .bind(&e.delivery_id)
-                .bind(e.scheme)
-                .bind(&e.body_sha256)
-                .bind(&e.body)
-                .bind(&e.meta)
-                .bind(e.received_at_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let outcome = match inserted {
-                    Some(_) => Inserted::Accepted(e.id),
-                    None => {
-                        let existing: String = sqlx::query_scalar(
-                            "SELECT id FROM events WHERE source = $1 AND (dedup_key = $2 OR replay_key = $3)
-                             ORDER BY received_at_ms LIMIT 1",
-                        )
-                        .bind(&e.source)
-                        .bind(&e.dedup_key)
-                        .bind(&e.replay_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        Inserted::Duplicate(parse_event_id(&existing)?)
+        on_pool!(
+            self,
+            write | pool,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+                // One statement per chunk: the per-statement cost, not the rows, is what limits the single writer.
+                for chunk in events.chunks(self.insert_chunk()) {
+                    let mut query =
+                        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
+                    for e in chunk {
+                        query = query
+                            .bind(e.id.to_string())
+                            .bind(&e.source)
+                            .bind(&e.dedup_key)
+                            .bind(&e.replay_key)
+                            .bind(&e.delivery_id)
+                            .bind(e.scheme)
+                            .bind(&e.body_sha256)
+                            .bind(&e.body)
+                            .bind(&e.meta)
+                            .bind(e.received_at_ms);
                     }
-                };
-                outcomes.push(outcome);
+                    inserted.extend(query.fetch_all(&mut *tx).await?);
+                }
+                let mut outcomes = Vec::with_capacity(events.len());
+                for e in events {
+                    if inserted.contains(&e.id.to_string()) {
+                        outcomes.push(Inserted::Accepted(e.id));
+                        continue;
+                    }
+                    // Refused by a unique key: stored before, or earlier in this very batch.
+                    let existing: String = sqlx::query_scalar(
+                        "SELECT id FROM events WHERE source = $1 AND (dedup_key = $2 OR replay_key = $3)
+                     ORDER BY received_at_ms LIMIT 1",
+                    )
+                    .bind(&e.source)
+                    .bind(&e.dedup_key)
+                    .bind(&e.replay_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    outcomes.push(Inserted::Duplicate(parse_event_id(&existing)?));
+                }
+                if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
+                    notify_replicas(self, &mut tx, WORK_EVENTS).await?;
+                }
+                tx.commit().await?;
+                Ok(outcomes)
             }
-            if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
-                notify_replicas(self, &mut tx, WORK_EVENTS).await?;
-            }
-            tx.commit().await?;
-            Ok(outcomes)
-        })
+        )
     }
 
     pub async fn event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
@@ -230,8 +309,43 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Store::Sqlite(sqlite) = self {
+            sqlite.background.close().await;
+        }
         on_pool!(self, |pool, _begin| pool.close().await)
     }
+}
+
+/// Rows per SQLite INSERT statement: 10 parameters each, well under SQLite's limit of 32,766.
+const INSERT_CHUNK: usize = 500;
+
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events
+             (id, source, dedup_key, replay_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
+         VALUES ",
+    );
+    for row in 0..rows {
+        let p = row * 10;
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${},${},${},${},${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10
+        ));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
 }
 
 /// The PostgreSQL channel on which replicas tell each other about new work.
