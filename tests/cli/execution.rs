@@ -255,7 +255,7 @@ async fn deliver_all(urls: &[String], count: usize) {
 async fn states(store: &Store, table: &str) -> BTreeMap<String, i64> {
     let sql = format!("SELECT state, COUNT(*) FROM {table} GROUP BY state");
     let rows: Vec<(String, i64)> = match store {
-        Store::Sqlite(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap(),
+        Store::Sqlite(sqlite) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&sqlite.pool).await.unwrap(),
         Store::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap(),
     };
     rows.into_iter().collect()
@@ -265,7 +265,7 @@ async fn states(store: &Store, table: &str) -> BTreeMap<String, i64> {
 async fn jobs(store: &Store) -> Vec<(String, String, String, i64)> {
     let sql = "SELECT id, kind, state, attempts FROM jobs ORDER BY id";
     match store {
-        Store::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        Store::Sqlite(sqlite) => sqlx::query_as(sql).fetch_all(&sqlite.pool).await.unwrap(),
         Store::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
     }
 }
@@ -274,7 +274,7 @@ async fn jobs(store: &Store) -> Vec<(String, String, String, i64)> {
 async fn grants(store: &Store) -> Vec<(String, String)> {
     let sql = "SELECT principal_id, state FROM grants ORDER BY principal_id";
     match store {
-        Store::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        Store::Sqlite(sqlite) => sqlx::query_as(sql).fetch_all(&sqlite.pool).await.unwrap(),
         Store::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
     }
 }

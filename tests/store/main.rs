@@ -118,7 +118,8 @@ both_backends! {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
         match &store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite(sqlite) => {
+                let pool = &sqlite.pool;
                 sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)")
                     .execute(pool)
                     .await
@@ -141,7 +142,8 @@ both_backends! {
 #[tokio::test]
 async fn sqlite_is_in_wal_mode_with_full_sync() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let Store::Sqlite(pool) = db.store().await else { unreachable!() };
+    let Store::Sqlite(sqlite) = db.store().await else { unreachable!() };
+    let pool = sqlite.pool;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
     let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&pool).await.unwrap();
     assert_eq!(mode, "wal");
@@ -150,7 +152,8 @@ async fn sqlite_is_in_wal_mode_with_full_sync() {
 
 async fn install_poison_trigger(store: &Store) {
     match store {
-        Store::Sqlite(pool) => {
+        Store::Sqlite(sqlite) => {
+            let pool = &sqlite.pool;
             sqlx::raw_sql(
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.body LIKE '%poison%'
                  BEGIN SELECT RAISE(ABORT, 'poison refused'); END;",
@@ -298,7 +301,7 @@ fn new_grant(id: &str, ticket: &str) -> grantbridge::store::NewGrant {
 async fn count(store: &Store, table: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
     match store {
-        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Store::Sqlite(sqlite) => sqlx::query_scalar(sql).fetch_one(&sqlite.pool).await.unwrap(),
         Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
     }
 }
