@@ -80,37 +80,19 @@ pub struct StoredEvent {
 /// work that can be redone, on the connections that do not fsync.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident, $begin:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite(sqlite) => {
-                let $pool = &sqlite.pool;
-                let $begin = "BEGIN IMMEDIATE";
-                $body
-            }
-            Store::Postgres($pool) => {
-                let $begin = "BEGIN";
-                $body
-            }
-        }
+        on_pool!(@run $store, pool, false, $pool, $begin, $body)
     };
     ($store:expr, background |$pool:ident, $begin:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite(sqlite) => {
-                let _writer = sqlite.gate.lock().await;
-                let $pool = &sqlite.background;
-                let $begin = "BEGIN IMMEDIATE";
-                $body
-            }
-            Store::Postgres($pool) => {
-                let $begin = "BEGIN";
-                $body
-            }
-        }
+        on_pool!(@run $store, background, true, $pool, $begin, $body)
     };
     ($store:expr, write |$pool:ident, $begin:ident| $body:expr) => {
+        on_pool!(@run $store, pool, true, $pool, $begin, $body)
+    };
+    (@run $store:expr, $sqlite_pool:ident, $gated:expr, $pool:ident, $begin:ident, $body:expr) => {
         match $store {
             Store::Sqlite(sqlite) => {
-                let _writer = sqlite.gate.lock().await;
-                let $pool = &sqlite.pool;
+                let _writer = if $gated { Some(sqlite.gate.lock().await) } else { None };
+                let $pool = &sqlite.$sqlite_pool;
                 // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a failed upgrade.
                 let $begin = "BEGIN IMMEDIATE";
                 $body
