@@ -7,6 +7,7 @@
 //!
 //! Options: `--requests N` (default 10000), `--budget W/S` (default 300/15: W writes per S seconds),
 //! `--concurrency C` webhook senders (default 32), `--executors E` (default 32), `--timeout-secs T` (default 900),
+//! `--no-pacing`: do not tell the service the budget (`graph_write_budget = 0`), so it learns it from 429s alone.
 //! `--prequeue`: hold the executors' first read of the group until every grant is decided and queued, so that the
 //! measured time is the execution stage alone (without it, grants are executed while events are still decided).
 //! `GRANTBRIDGE_BENCH_LOG=warn` (any tracing filter) shows the service's own logs.
@@ -61,6 +62,7 @@ struct Options {
     executors: usize,
     timeout: Duration,
     prequeue: bool,
+    no_pacing: bool,
 }
 
 fn parse_options() -> Options {
@@ -72,6 +74,7 @@ fn parse_options() -> Options {
         executors: 32,
         timeout: Duration::from_secs(900),
         prequeue: false,
+        no_pacing: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -87,6 +90,7 @@ fn parse_options() -> Options {
             "--concurrency" => o.concurrency = args.next().and_then(|v| v.parse().ok()).expect("--concurrency C"),
             "--executors" => o.executors = args.next().and_then(|v| v.parse().ok()).expect("--executors E"),
             "--prequeue" => o.prequeue = true,
+            "--no-pacing" => o.no_pacing = true,
             "--timeout-secs" => {
                 o.timeout = Duration::from_secs(args.next().and_then(|v| v.parse().ok()).expect("--timeout-secs T"))
             }
@@ -428,9 +432,13 @@ fn tickets(count: usize, run: &str) -> Vec<Ticket> {
         .collect()
 }
 
-fn config(dir: &std::path::Path, fake: &str, executors: usize, prequeue: bool) -> String {
+fn config(dir: &std::path::Path, fake: &str, o: &Options) -> String {
     // A held group read must not time out (the default is 30 s) while the backlog is decided.
-    let timeout = if prequeue { "timeout_secs = 3600" } else { "" };
+    let timeout = if o.prequeue { "timeout_secs = 3600" } else { "" };
+    let executors = o.executors;
+    // The service is told the budget the fake enforces, as an admin configures Graph's documented one.
+    let budget = if o.no_pacing { 0 } else { o.budget_writes };
+    let window = o.budget_secs.ceil() as u64;
     let secret = dir.join("servicenow-secret");
     let client_secret = dir.join("entra-client-secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -443,6 +451,8 @@ level = "warn"
 [workers]
 count = 2
 executors = {executors}
+graph_write_budget = {budget}
+graph_write_window_secs = {window}
 
 [sources.servicenow]
 kind = "servicenow"
@@ -599,7 +609,7 @@ async fn run(o: Options) -> i32 {
         log_format: None,
         log_level: None,
     };
-    let text = config(&dir, &fake, o.executors, o.prequeue);
+    let text = config(&dir, &fake, &o);
     let settings = Settings::parse(&text, "benches/grants.toml", &env).unwrap_or_else(|e| panic!("{e}"));
     let app = Application::build(settings).await.unwrap();
     let port = app.port();

@@ -88,6 +88,8 @@ struct RawWorkers {
     executors: Option<usize>,
     graph_concurrency: Option<usize>,
     arm_concurrency: Option<usize>,
+    graph_write_budget: Option<u32>,
+    graph_write_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +185,9 @@ pub struct WorkerSettings {
     /// Calls in flight at once to Microsoft Graph, and to Azure Resource Manager.
     pub graph_concurrency: usize,
     pub arm_concurrency: usize,
+    /// Microsoft Graph writes allowed per window (Graph's documented identity-and-access limit: 3,000 per 150 s per
+    /// app and tenant); `None` when pacing is switched off (`graph_write_budget = 0`).
+    pub graph_write_budget: Option<(u32, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +455,10 @@ impl Settings {
             executors: raw.workers.executors.unwrap_or(32).clamp(1, 256),
             graph_concurrency: raw.workers.graph_concurrency.unwrap_or(8).clamp(1, 64),
             arm_concurrency: raw.workers.arm_concurrency.unwrap_or(4).clamp(1, 64),
+            graph_write_budget: match raw.workers.graph_write_budget.unwrap_or(3_000) {
+                0 => None,
+                writes => Some((writes, Duration::from_secs(raw.workers.graph_write_window_secs.unwrap_or(150).max(1)))),
+            },
         };
 
         Ok(Settings {

@@ -16,7 +16,7 @@ use crate::http::{self, AppState};
 use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
-use crate::providers::{DEFAULT_BATCH_WINDOW, Providers};
+use crate::providers::Providers;
 use crate::store::Store;
 use crate::worker::{Executor, ExecutorContext, Worker, WorkerContext, Workers};
 
@@ -63,9 +63,12 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let jobs_wake = Arc::new(Notify::new());
         let providers = settings.entra.as_ref().map(|e| {
-            Providers::from_entra(e, e.arm_url.clone())
-                .with_concurrency(settings.workers.graph_concurrency, settings.workers.arm_concurrency)
-                .with_group_batching(DEFAULT_BATCH_WINDOW)
+            let providers = Providers::from_entra(e, e.arm_url.clone())
+                .with_concurrency(settings.workers.graph_concurrency, settings.workers.arm_concurrency);
+            match settings.workers.graph_write_budget {
+                Some((writes, window)) => providers.with_graph_write_budget(writes, window),
+                None => providers,
+            }
         });
         let exec = providers.map(|providers| {
             Arc::new(ExecutorContext {

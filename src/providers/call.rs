@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::ProviderError;
 use crate::entra::TokenProvider;
-use crate::upstream::{RetryPolicy, UpstreamError, send_with_retry};
+use crate::upstream::{RetryPolicy, UpstreamError, WriteBudget, send_with_retry_paced};
 
 /// One upstream (Graph or ARM) as seen by an executor.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub(crate) struct Caller {
     pub(crate) policy: RetryPolicy,
     /// Calls in flight to this upstream at once, shared by every client of it.
     pub(crate) limit: Option<Arc<Semaphore>>,
+    /// The upstream's write budget, shared by every client that writes to it: writes wait for a token.
+    pub(crate) budget: Option<Arc<WriteBudget>>,
 }
 
 impl Caller {
@@ -45,6 +47,7 @@ impl Caller {
             client_request_id_header,
             policy: RetryPolicy::default(),
             limit: None,
+            budget: None,
         }
     }
 
@@ -58,18 +61,39 @@ impl Caller {
         expected: impl Fn(&UpstreamError) -> bool,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, UpstreamError> {
+        self.call(operation, expected, build, false).await
+    }
+
+    /// As [`Caller::send`], for a write: each attempt first takes a token from the write budget, if there is one.
+    pub(crate) async fn write(
+        &self,
+        operation: &'static str,
+        expected: impl Fn(&UpstreamError) -> bool,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, UpstreamError> {
+        self.call(operation, expected, build, true).await
+    }
+
+    async fn call(
+        &self,
+        operation: &'static str,
+        expected: impl Fn(&UpstreamError) -> bool,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        write: bool,
+    ) -> Result<Response, UpstreamError> {
+        let budget = self.budget.as_deref().filter(|_| write);
         // Held across the upstream's own retries too: when it asks us to back off, the other calls wait as well.
         let _permit = match &self.limit {
             Some(limit) => limit.acquire().await.ok(),
             None => None,
         };
         let client_request_id = Uuid::now_v7().to_string();
-        let result = match self.send_once(&client_request_id, &build).await {
+        let result = match self.send_once(&client_request_id, &build, budget).await {
             // Only a 401 from the upstream itself: the identity platform refusing the app is not helped by asking again.
             Err(Failure::Call(e)) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
                 tracing::info!(upstream = self.upstream, operation, client_request_id, "401: renewing the token once");
                 self.tokens.invalidate(self.resource).await;
-                self.send_once(&client_request_id, &build).await
+                self.send_once(&client_request_id, &build, budget).await
             }
             other => other,
         };
@@ -92,9 +116,10 @@ impl Caller {
         &self,
         client_request_id: &str,
         build: &impl Fn(&reqwest::Client) -> RequestBuilder,
+        budget: Option<&WriteBudget>,
     ) -> Result<Response, Failure> {
         let token = self.tokens.token(self.resource).await.map_err(Failure::Token)?;
-        send_with_retry(self.upstream, &self.policy, || {
+        send_with_retry_paced(self.upstream, &self.policy, budget, || {
             build(&self.http)
                 .bearer_auth(token.expose())
                 .header(ACCEPT, "application/json")

@@ -70,6 +70,12 @@ impl GraphGroups {
         self
     }
 
+    /// Shares `budget` with every other writer to Microsoft Graph: each write waits for a token.
+    pub fn with_write_budget(mut self, budget: std::sync::Arc<crate::upstream::WriteBudget>) -> Self {
+        self.caller.budget = Some(budget);
+        self
+    }
+
     /// `base_url` is `https://graph.microsoft.com/v1.0` (a national cloud's Graph, or a fake's URL in tests); the
     /// token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
@@ -103,6 +109,11 @@ impl GraphGroups {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// How long until the next write could go out under the write budget (zero without one).
+    pub fn write_wait(&self) -> Duration {
+        self.caller.budget.as_ref().map_or(Duration::ZERO, |b| b.wait_time())
     }
 
     /// The group, if Graph lets its membership be changed; `Refused` for a dynamic or an on-premises-synced group,
@@ -160,7 +171,7 @@ impl GraphGroups {
     async fn add_checked(&self, group: &EntraGroup, principal_id: &str) -> Result<GrantOutcome, ProviderError> {
         let url = format!("{}/groups/{}/members/$ref", self.base_url, path_segment(&group.id));
         let body = json!({ "@odata.id": self.reference(principal_id) });
-        match self.caller.send("add_member", is_already_member, |http| http.post(&url).json(&body)).await {
+        match self.caller.write("add_member", is_already_member, |http| http.post(&url).json(&body)).await {
             Ok(_) => Ok(GrantOutcome::Granted { upstream_id: None, already: false }),
             Err(e) if is_already_member(&e) => Ok(GrantOutcome::Granted { upstream_id: None, already: true }),
             Err(e) => Err(write_error(e, group, principal_id)),
@@ -178,7 +189,7 @@ impl GraphGroups {
             path_segment(&group.id),
             path_segment(&principal_id)
         );
-        match self.caller.send("remove_member", UpstreamError::is_not_found, |http| http.delete(&url)).await {
+        match self.caller.write("remove_member", UpstreamError::is_not_found, |http| http.delete(&url)).await {
             Ok(_) => Ok(GrantOutcome::Revoked { already_gone: false }),
             Err(e) if e.is_not_found() => Ok(GrantOutcome::Revoked { already_gone: true }),
             Err(e) => Err(write_error(e, &group, &principal_id)),
@@ -254,7 +265,7 @@ impl GraphGroups {
         let references: Vec<String> = principal_ids.iter().map(|id| self.reference(id)).collect();
         let body = json!({ "members@odata.bind": references });
         let expected = |e: &UpstreamError| has_status(e, &[StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND]);
-        self.caller.send("add_members", expected, |http| http.patch(&url).json(&body)).await.map(|_| ())
+        self.caller.write("add_members", expected, |http| http.patch(&url).json(&body)).await.map(|_| ())
     }
 
     fn reference(&self, principal_id: &str) -> String {

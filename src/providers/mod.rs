@@ -5,7 +5,6 @@
 //! work an earlier attempt did. Which failures are worth retrying is decided by the upstream module's table.
 
 mod azure_rbac;
-mod batcher;
 mod call;
 mod graph_groups;
 mod pim;
@@ -15,7 +14,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 pub use azure_rbac::{ARM_API_VERSION, AzureRbac, DEFAULT_ARM_URL, ROLE_ASSIGNMENT_NAMESPACE, role_assignment_name};
-pub use batcher::{DEFAULT_BATCH_WINDOW, GroupAddBatcher};
 pub use graph_groups::{DEFAULT_GROUP_CACHE_TTL, GROUP_SELECT, GraphGroups, MAX_MEMBERS_PER_PATCH};
 pub use pim::{Pim, iso8601_duration};
 
@@ -95,8 +93,8 @@ impl From<UpstreamError> for ProviderError {
     fn from(error: UpstreamError) -> Self {
         let detail = error.to_string();
         match error {
-            // send_with_retry does not say which delay the last failure asked for; the job's own schedule applies.
-            UpstreamError::Exhausted { .. } => ProviderError::Retryable { after: None, detail },
+            // The job is retried no earlier than the upstream asked; without a word from it, on the job's schedule.
+            UpstreamError::Exhausted { retry_after, .. } => ProviderError::Retryable { after: retry_after, detail },
             UpstreamError::Permanent { status, code, .. } => {
                 let code = code.unwrap_or_else(|| format!("http_{}", status.as_u16()));
                 ProviderError::Permanent { code, detail }
@@ -114,12 +112,11 @@ pub struct Providers {
     pub groups: GraphGroups,
     pub pim: Pim,
     pub rbac: AzureRbac,
-    batcher: Option<GroupAddBatcher>,
 }
 
 impl Providers {
     pub fn new(groups: GraphGroups, pim: Pim, rbac: AzureRbac) -> Self {
-        Providers { groups, pim, rbac, batcher: None }
+        Providers { groups, pim, rbac }
     }
 
     /// The executors for the configured tenant: Graph where the directory reads go, ARM at `arm_url`
@@ -134,7 +131,7 @@ impl Providers {
     }
 
     /// At most `graph` calls in flight to Microsoft Graph and `arm` to Azure Resource Manager, whatever the number
-    /// of executors. Apply before `with_group_batching`, whose batcher keeps its own copy of the group client.
+    /// of executors.
     pub fn with_concurrency(mut self, graph: usize, arm: usize) -> Self {
         let graph = std::sync::Arc::new(tokio::sync::Semaphore::new(graph.max(1)));
         self.groups = self.groups.with_limit(graph.clone());
@@ -143,20 +140,19 @@ impl Providers {
         self
     }
 
-    /// Sends group-membership grants through a [`GroupAddBatcher`]: adds to one group within `window` of each
-    /// other go out as one PATCH. Needs a Tokio runtime when the first grant is made.
-    pub fn with_group_batching(mut self, window: Duration) -> Self {
-        self.batcher = Some(GroupAddBatcher::new(self.groups.clone(), window));
+    /// Paces Microsoft Graph writes (group membership and PIM requests) to `writes` per `window`, the tenant's
+    /// documented write budget for the app, instead of learning it from 429s.
+    pub fn with_graph_write_budget(mut self, writes: u32, window: Duration) -> Self {
+        let budget = std::sync::Arc::new(crate::upstream::WriteBudget::new(writes, window));
+        self.groups = self.groups.with_write_budget(budget.clone());
+        self.pim = self.pim.with_write_budget(budget);
         self
     }
 
     #[tracing::instrument(name = "grant", skip_all, fields(kind = request.target.kind(), ticket = %request.ticket_number, principal = %request.principal_id))]
     pub async fn grant(&self, request: &GrantRequest) -> Result<GrantOutcome, ProviderError> {
         match &request.target {
-            GrantTarget::GroupMember { group_id } => match &self.batcher {
-                Some(batcher) => batcher.add(group_id, &request.principal_id).await,
-                None => self.groups.add(group_id, &request.principal_id).await,
-            },
+            GrantTarget::GroupMember { group_id } => self.groups.add(group_id, &request.principal_id).await,
             GrantTarget::PimGroup { group_id, .. } => {
                 // PIM for Groups cannot manage dynamic or on-premises-synced groups either; say so before writing.
                 self.groups.writable_group(group_id).await?;
@@ -202,7 +198,7 @@ mod tests {
 
     #[test]
     fn upstream_errors_become_provider_errors() {
-        let exhausted = UpstreamError::Exhausted { attempts: 3, last: "status 503".into() };
+        let exhausted = UpstreamError::Exhausted { attempts: 3, last: "status 503".into(), retry_after: None };
         let e = ProviderError::from(exhausted);
         assert!(e.is_retryable());
         assert_eq!(e.code(), "retryable");

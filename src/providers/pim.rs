@@ -52,6 +52,12 @@ impl Pim {
         self
     }
 
+    /// Shares `budget` with every other writer to Microsoft Graph: each write waits for a token.
+    pub fn with_write_budget(mut self, budget: std::sync::Arc<crate::upstream::WriteBudget>) -> Self {
+        self.caller.budget = Some(budget);
+        self
+    }
+
     /// `base_url` is the Graph v1.0 URL (or a fake's); the token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();
@@ -148,7 +154,7 @@ impl Pim {
     async fn post(&self, path: &'static str, body: &Value) -> Result<Option<Value>, UpstreamError> {
         let url = format!("{}{path}", self.base_url);
         let expected = |e: &UpstreamError| is_exists(e) || is_missing(e);
-        let response = self.caller.send("pim_request", expected, |http| http.post(&url).json(body)).await?;
+        let response = self.caller.write("pim_request", expected, |http| http.post(&url).json(body)).await?;
         Ok(json_body(response).await)
     }
 }

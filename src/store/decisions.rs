@@ -33,18 +33,27 @@ type DecisionRow = (String, Option<String>, Option<String>, String, i64);
 
 // Two claims, each an index range: waiting events first, then abandoned leases. One statement with an OR
 // makes both SQLite and PostgreSQL sort the whole backlog on every claim. Several replicas claim concurrently:
-// SKIP LOCKED (PostgreSQL) lets each take a different event without waiting.
+// SKIP LOCKED (PostgreSQL) lets each take different events without waiting.
 const CLAIM_WAITING: &str = "UPDATE events
     SET state = 'deciding', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1
-    WHERE id = (SELECT id FROM events WHERE state = 'received' AND next_attempt_at_ms <= $3
-                ORDER BY received_at_ms LIMIT 1 {lock})
+    WHERE id IN (SELECT id FROM events WHERE state = 'received' AND next_attempt_at_ms <= $3
+                 ORDER BY received_at_ms LIMIT $4 {lock})
     RETURNING id, source, body, delivery_id, received_at_ms, attempts";
 
 const CLAIM_ABANDONED: &str = "UPDATE events
     SET state = 'deciding', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1
-    WHERE id = (SELECT id FROM events WHERE state = 'deciding' AND lease_until_ms < $3
-                ORDER BY received_at_ms LIMIT 1 {lock})
+    WHERE id IN (SELECT id FROM events WHERE state = 'deciding' AND lease_until_ms < $3
+                 ORDER BY received_at_ms LIMIT $4 {lock})
     RETURNING id, source, body, delivery_id, received_at_ms, attempts";
+
+/// A decision to record: for which event, the event's new state, the decision, and the grants it asks for.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub event: EventId,
+    pub state: &'static str,
+    pub decision: StoredDecision,
+    pub grants: Vec<NewGrant>,
+}
 
 impl Store {
     /// Leases the oldest event that is waiting (or whose previous lease expired) to `owner`.
@@ -54,23 +63,39 @@ impl Store {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Option<ClaimedEvent>, StoreError> {
+        Ok(self.claim_events(owner, now_ms, lease, 1).await?.into_iter().next())
+    }
+
+    /// Leases up to `max` of the oldest waiting events to `owner` in one statement, oldest first; when none is
+    /// waiting, up to `max` whose previous lease expired.
+    pub async fn claim_events(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let mut row: Option<ClaimRow> = None;
+        let max = i64::try_from(max.max(1)).unwrap_or(1);
+        let mut rows: Vec<ClaimRow> = Vec::new();
         for template in [CLAIM_WAITING, CLAIM_ABANDONED] {
             let sql = sqlx::AssertSqlSafe(template.replace("{lock}", self.row_lock()));
-            row = on_pool!(
+            rows = on_pool!(
                 self,
                 background | pool,
-                _begin | sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).fetch_optional(pool).await?
+                _begin | sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).bind(max).fetch_all(pool).await?
             );
-            if row.is_some() {
+            if !rows.is_empty() {
                 break;
             }
         }
-        row.map(|(id, source, body, delivery_id, received_at_ms, attempts)| {
-            Ok(ClaimedEvent { id: parse_event_id(&id)?, source, body, delivery_id, received_at_ms, attempts })
-        })
-        .transpose()
+        // RETURNING gives no order; deciding goes oldest first.
+        rows.sort_by(|a, b| (a.4, &a.0).cmp(&(b.4, &b.0)));
+        rows.into_iter()
+            .map(|(id, source, body, delivery_id, received_at_ms, attempts)| {
+                Ok(ClaimedEvent { id: parse_event_id(&id)?, source, body, delivery_id, received_at_ms, attempts })
+            })
+            .collect()
     }
 
     /// Records the decision, the event's final state and the grants the plan asks for with their jobs, in one
@@ -81,77 +106,95 @@ impl Store {
         &self,
         event: EventId,
         owner: &str,
-        state: &str,
+        state: &'static str,
         decision: &StoredDecision,
         grants: &[NewGrant],
     ) -> Result<bool, StoreError> {
+        let record = DecisionRecord { event, state, decision: decision.clone(), grants: grants.to_vec() };
+        let kept = self.record_decisions(std::slice::from_ref(&record), owner).await?;
+        Ok(kept.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::record_decision`] for several events in one transaction: one commit for a whole batch. For each
+    /// record, whether it was kept (false: the lease was lost and that decision is discarded).
+    pub async fn record_decisions(&self, records: &[DecisionRecord], owner: &str) -> Result<Vec<bool>, StoreError> {
         on_pool!(
             self,
             background | pool,
             begin | {
                 let mut tx = pool.begin_with(begin).await?;
-                let updated = sqlx::query(
-                    "UPDATE events SET state = $1, lease_owner = NULL, lease_until_ms = NULL
-                 WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'",
-                )
-                .bind(state)
-                .bind(event.to_string())
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated != 1 {
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "INSERT INTO decisions (event_id, outcome, code, ticket_key, detail, decided_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(event.to_string())
-                .bind(&decision.outcome)
-                .bind(&decision.code)
-                .bind(&decision.ticket_key)
-                .bind(&decision.detail)
-                .bind(decision.decided_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                let now = decision.decided_at_ms;
-                for g in grants {
-                    sqlx::query(
-                        "INSERT INTO grants (id, event_id, source, ticket_key, rule, kind, target, label, principal_id,
-                         requested_duration_secs, state, created_at_ms, updated_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $11)
-                     ON CONFLICT (id) DO NOTHING",
+                let mut kept = Vec::with_capacity(records.len());
+                let mut queued_jobs = false;
+                for record in records {
+                    let event_id = record.event.to_string();
+                    let decision = &record.decision;
+                    let updated = sqlx::query(
+                        "UPDATE events SET state = $1, lease_owner = NULL, lease_until_ms = NULL
+                         WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'",
                     )
-                    .bind(&g.id)
-                    .bind(event.to_string())
-                    .bind(&g.source)
-                    .bind(&g.ticket_key)
-                    .bind(&g.rule)
-                    .bind(&g.kind)
-                    .bind(&g.target)
-                    .bind(&g.label)
-                    .bind(&g.principal_id)
-                    .bind(g.requested_duration_secs)
-                    .bind(now)
+                    .bind(record.state)
+                    .bind(&event_id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    kept.push(updated == 1);
+                    if updated != 1 {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO decisions (event_id, outcome, code, ticket_key, detail, decided_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&event_id)
+                    .bind(&decision.outcome)
+                    .bind(&decision.code)
+                    .bind(&decision.ticket_key)
+                    .bind(&decision.detail)
+                    .bind(decision.decided_at_ms)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
-                        "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
-                     VALUES ($1, $2, 'grant', 'queued', $3, $3, $3)
-                     ON CONFLICT (grant_id, kind) DO NOTHING",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&g.id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    let now = decision.decided_at_ms;
+                    for g in &record.grants {
+                        sqlx::query(
+                            "INSERT INTO grants (id, event_id, source, ticket_key, rule, kind, target, label,
+                             principal_id, requested_duration_secs, state, created_at_ms, updated_at_ms)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $11)
+                             ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(&g.id)
+                        .bind(&event_id)
+                        .bind(&g.source)
+                        .bind(&g.ticket_key)
+                        .bind(&g.rule)
+                        .bind(&g.kind)
+                        .bind(&g.target)
+                        .bind(&g.label)
+                        .bind(&g.principal_id)
+                        .bind(g.requested_duration_secs)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
+                             updated_at_ms, batch_key)
+                             VALUES ($1, $2, 'grant', 'queued', $3, $3, $3, $4)
+                             ON CONFLICT (grant_id, kind) DO NOTHING",
+                        )
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind(&g.id)
+                        .bind(now)
+                        .bind(&g.batch_key)
+                        .execute(&mut *tx)
+                        .await?;
+                        queued_jobs = true;
+                    }
                 }
-                if !grants.is_empty() {
+                if queued_jobs {
                     notify_replicas(self, &mut tx, WORK_JOBS).await?;
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(kept)
             }
         )
     }

@@ -18,6 +18,18 @@ pub struct NewGrant {
     pub label: String,
     pub principal_id: String,
     pub requested_duration_secs: Option<i64>,
+    /// Jobs with the same key can be executed by one upstream call (see [`batch_key`]).
+    pub batch_key: Option<String>,
+}
+
+/// Grant jobs that one upstream write can serve together: additions to one group, up to 20 per PATCH.
+pub fn batch_key(kind: &str, target: &crate::domain::GrantTarget) -> Option<String> {
+    match target {
+        crate::domain::GrantTarget::GroupMember { group_id } if kind == "group_member" => {
+            Some(format!("group_member:{}", group_id.trim().to_ascii_lowercase()))
+        }
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +59,8 @@ pub struct ClaimedJob {
     pub id: String,
     pub kind: String,
     pub attempts: i64,
+    /// Jobs with the same key can be executed by one upstream call.
+    pub batch_key: Option<String>,
     pub grant: GrantRecord,
 }
 
@@ -127,36 +141,135 @@ const CLAIM_DUE_JOB: &str = "UPDATE jobs
     SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at_ms <= $3
                 ORDER BY next_attempt_at_ms LIMIT 1 {lock})
-    RETURNING id, grant_id, kind, attempts";
+    RETURNING batch_key";
 
 const CLAIM_ABANDONED_JOB: &str = "UPDATE jobs
     SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
     WHERE id = (SELECT id FROM jobs WHERE state = 'running' AND lease_until_ms < $3
                 ORDER BY next_attempt_at_ms LIMIT 1 {lock})
-    RETURNING id, grant_id, kind, attempts";
+    RETURNING batch_key";
+
+/// The rest of a batch: due jobs that the same upstream call can serve.
+const CLAIM_BATCH: &str = "UPDATE jobs
+    SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
+    WHERE id IN (SELECT id FROM jobs WHERE batch_key = $4 AND state = 'queued' AND next_attempt_at_ms <= $3
+                 ORDER BY next_attempt_at_ms LIMIT $5 {lock})";
 
 impl Store {
     /// Leases the next due job to `owner`, with its grant.
     pub async fn claim_job(&self, owner: &str, now_ms: i64, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+        Ok(self.claim_jobs(owner, now_ms, lease, 1).await?.into_iter().next())
+    }
+
+    /// Leases the next due job to `owner` and, when it can be batched, up to `max - 1` more due jobs of the same
+    /// batch, in one transaction. Each claim counts as an attempt of that job. Empty when nothing is due.
+    ///
+    /// An executor holds one batch at a time: whatever `owner` holds and has not finished is returned with it.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
         let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let mut claimed: Option<(String, String, String, i64)> = None;
-        for template in [CLAIM_DUE_JOB, CLAIM_ABANDONED_JOB] {
-            let sql = sqlx::AssertSqlSafe(template.replace("{lock}", self.row_lock()));
-            claimed = on_pool!(
+        let more = i64::try_from(max.saturating_sub(1)).unwrap_or(0);
+        let lock = self.row_lock();
+        on_pool!(
+            self,
+            background | pool,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let mut first: Option<(Option<String>,)> = None;
+                for template in [CLAIM_DUE_JOB, CLAIM_ABANDONED_JOB] {
+                    let sql = sqlx::AssertSqlSafe(template.replace("{lock}", lock));
+                    first = sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).fetch_optional(&mut *tx).await?;
+                    if first.is_some() {
+                        break;
+                    }
+                }
+                let Some((batch,)) = first else { return Ok(Vec::new()) };
+                if let Some(batch) = batch.filter(|_| more > 0) {
+                    let sql = sqlx::AssertSqlSafe(CLAIM_BATCH.replace("{lock}", lock));
+                    sqlx::query(sql)
+                        .bind(owner)
+                        .bind(until)
+                        .bind(now_ms)
+                        .bind(batch)
+                        .bind(more)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            }
+        )?;
+        self.held_jobs(owner).await
+    }
+
+    /// Adds up to `max` more due jobs of `batch_key` to what `owner` holds (one transaction), and returns all it
+    /// holds: a batch topped up while it waited to be sent.
+    pub async fn claim_more(
+        &self,
+        owner: &str,
+        batch_key: &str,
+        now_ms: i64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let max = i64::try_from(max).unwrap_or(0);
+        if max > 0 {
+            let sql = sqlx::AssertSqlSafe(CLAIM_BATCH.replace("{lock}", self.row_lock()));
+            on_pool!(
                 self,
                 background | pool,
-                _begin | sqlx::query_as(sql).bind(owner).bind(until).bind(now_ms).fetch_optional(pool).await?
+                _begin | {
+                    sqlx::query(sql)
+                        .bind(owner)
+                        .bind(until)
+                        .bind(now_ms)
+                        .bind(batch_key)
+                        .bind(max)
+                        .execute(pool)
+                        .await?;
+                }
             );
-            if claimed.is_some() {
-                break;
-            }
         }
-        let Some((id, grant_id, kind, attempts)) = claimed else { return Ok(None) };
-        let grant = self
-            .grant(&grant_id)
+        self.held_jobs(owner).await
+    }
+
+    /// Every job `owner` holds, with its grant, oldest first.
+    async fn held_jobs(&self, owner: &str) -> Result<Vec<ClaimedJob>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<String>, String)> = on_pool!(self, |pool, _begin| {
+            sqlx::query_as(
+                "SELECT id, kind, attempts, batch_key, grant_id FROM jobs WHERE lease_owner = $1 AND state = 'running'
+                 ORDER BY next_attempt_at_ms, id",
+            )
+            .bind(owner)
+            .fetch_all(pool)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("job {id} names grant {grant_id}, which does not exist")))?;
-        Ok(Some(ClaimedJob { id, kind, attempts, grant }))
+        });
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let grants: Vec<GrantRow> = on_pool!(self, |pool, _begin| {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {GRANT_COLUMNS} FROM grants
+                 WHERE id IN (SELECT grant_id FROM jobs WHERE lease_owner = $1 AND state = 'running')"
+            ));
+            sqlx::query_as(sql).bind(owner).fetch_all(pool).await?
+        });
+        let mut grants: std::collections::HashMap<String, GrantRecord> =
+            grants.into_iter().map(grant_from).map(|g| (g.id.clone(), g)).collect();
+        rows.into_iter()
+            .map(|(id, kind, attempts, batch_key, grant_id)| {
+                let grant = grants.remove(&grant_id).ok_or_else(|| {
+                    StoreError::Corrupt(format!("job {id} names grant {grant_id}, which does not exist"))
+                })?;
+                Ok(ClaimedJob { id, kind, attempts, batch_key, grant })
+            })
+            .collect()
     }
 
     /// Records how a job ended, if `owner` still holds its lease; returns false when the lease was lost.
@@ -167,69 +280,68 @@ impl Store {
         result: &JobResult,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let kept = self.finish_jobs(&[(job, result.clone())], owner, now_ms).await?;
+        Ok(kept.first().copied().unwrap_or(false))
+    }
+
+    /// Records how each job of a batch ended, in one transaction; for each, false when its lease was lost.
+    pub async fn finish_jobs(
+        &self,
+        outcomes: &[(&ClaimedJob, JobResult)],
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         on_pool!(
             self,
             background | pool,
             begin | {
                 let mut tx = pool.begin_with(begin).await?;
-                let (job_state, next_at, error) = match result {
-                    JobResult::Done { .. } => ("done", now_ms, None),
-                    JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
-                    JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
-                };
-                let updated = sqlx::query(
-                    "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
-                     lease_until_ms = NULL, updated_at_ms = $4
-                 WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
-                )
-                .bind(job_state)
-                .bind(next_at)
-                .bind(error)
-                .bind(now_ms)
-                .bind(&job.id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated != 1 {
-                    return Ok(false);
-                }
-                match result {
-                    JobResult::Done { grant_state, upstream_id, expires_at_ms } => {
-                        sqlx::query(
+                let mut kept = Vec::with_capacity(outcomes.len());
+                for (job, result) in outcomes {
+                    let (job_state, next_at, error) = match result {
+                        JobResult::Done { .. } => ("done", now_ms, None),
+                        JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
+                        JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
+                    };
+                    let updated = sqlx::query(
+                        "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
+                         lease_until_ms = NULL, updated_at_ms = $4
+                         WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
+                    )
+                    .bind(job_state)
+                    .bind(next_at)
+                    .bind(error)
+                    .bind(now_ms)
+                    .bind(&job.id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    kept.push(updated == 1);
+                    if updated != 1 {
+                        continue;
+                    }
+                    let grant_update = match result {
+                        JobResult::Done { grant_state, upstream_id, expires_at_ms } => sqlx::query(
                             "UPDATE grants SET state = $1, upstream_id = COALESCE($2, upstream_id), expires_at_ms = $3,
                              last_error = NULL, updated_at_ms = $4
-                         WHERE id = $5",
+                             WHERE id = $5",
                         )
                         .bind(*grant_state)
                         .bind(upstream_id)
-                        .bind(expires_at_ms)
-                        .bind(now_ms)
-                        .bind(&job.grant.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    JobResult::Retry { error, .. } => {
-                        sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
-                            .bind(error)
-                            .bind(now_ms)
-                            .bind(&job.grant.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    JobResult::Dead { error } => {
-                        sqlx::query(
+                        .bind(expires_at_ms),
+                        JobResult::Retry { error, .. } => {
+                            sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3").bind(error)
+                        }
+                        JobResult::Dead { error } => sqlx::query(
                             "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",
                         )
-                        .bind(error)
-                        .bind(now_ms)
-                        .bind(&job.grant.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                        .bind(error),
+                    };
+                    grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(kept)
             }
         )
     }
@@ -270,27 +382,40 @@ impl Store {
 pub enum Leased<'a> {
     Event(crate::domain::EventId),
     Job(&'a str),
+    /// Every job the owner holds: the batch in hand.
+    JobsOf(&'a str),
+    /// Every event the owner is deciding.
+    EventsOf(&'a str),
 }
 
 impl Store {
     /// Extends `owner`'s lease while it is still working; false when the lease is no longer its own.
     pub async fn extend_lease(&self, what: Leased<'_>, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+        // `$3` is the row's id, or the owner again for everything the owner holds.
         let (sql, id) = match what {
             Leased::Event(id) => (
-                "UPDATE events SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'",
+                "UPDATE events SET lease_until_ms = $1 WHERE lease_owner = $2 AND id = $3 AND state = 'deciding'",
                 id.to_string(),
             ),
             Leased::Job(id) => (
-                "UPDATE jobs SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+                "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND id = $3 AND state = 'running'",
                 id.to_string(),
+            ),
+            Leased::EventsOf(holder) => (
+                "UPDATE events SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3 AND state = 'deciding'",
+                holder.to_string(),
+            ),
+            Leased::JobsOf(holder) => (
+                "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3 AND state = 'running'",
+                holder.to_string(),
             ),
         };
         on_pool!(
             self,
             background | pool,
             _begin | {
-                let done = sqlx::query(sql).bind(until_ms).bind(&id).bind(owner).execute(pool).await?;
-                Ok(done.rows_affected() == 1)
+                let done = sqlx::query(sql).bind(until_ms).bind(owner).bind(&id).execute(pool).await?;
+                Ok(done.rows_affected() >= 1)
             }
         )
     }

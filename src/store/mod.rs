@@ -19,8 +19,8 @@ use crate::config::DatabaseSettings;
 use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
-pub use decisions::{ClaimedEvent, StoredDecision};
-pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant};
+pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
+pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, batch_key};
 
 #[derive(Clone)]
 pub enum Store {

@@ -17,9 +17,10 @@ pub enum UpstreamError {
     /// The upstream refused the request in a way that retrying cannot change (4xx other than 408/429, 3xx).
     #[error("{}", permanent_text(.status, .code, .message, .request_id))]
     Permanent { status: StatusCode, code: Option<String>, message: String, request_id: Option<String> },
-    /// Every attempt failed with something retryable; `last` says what the last failure was.
+    /// Every attempt failed with something retryable; `last` says what the last failure was, and `retry_after` how
+    /// long the upstream asked us to wait after it, if it said.
     #[error("gave up after {attempts} attempts; last: {last}")]
-    Exhausted { attempts: u32, last: String },
+    Exhausted { attempts: u32, last: String, retry_after: Option<std::time::Duration> },
     /// The request could not be sent, for a reason retrying would not fix.
     #[error("transport: {0}")]
     Transport(String),

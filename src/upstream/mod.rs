@@ -1,14 +1,18 @@
 //! What every outbound client shares: the HTTP client, the retry decision and schedule, upstream errors, tokens.
 
+mod budget;
 mod client;
 mod error;
 pub(crate) mod oauth;
 mod retry;
 pub(crate) mod url;
 
+pub use budget::WriteBudget;
 pub use client::{USER_AGENT, http_client, try_http_client};
 pub use error::UpstreamError;
-pub use retry::{Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry};
+pub use retry::{
+    Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry, send_with_retry_paced,
+};
 
 /// Reads a 2xx body as JSON. Only for bodies that hold no secret: serde's messages may quote values.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -18,7 +22,11 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     let body = response.bytes().await.map_err(|e| {
         let e = e.without_url();
         if e.is_timeout() {
-            UpstreamError::Exhausted { attempts: 1, last: format!("reading the body timed out: {e}") }
+            UpstreamError::Exhausted {
+                attempts: 1,
+                last: format!("reading the body timed out: {e}"),
+                retry_after: None,
+            }
         } else {
             UpstreamError::Transport(format!("reading the body: {e}"))
         }

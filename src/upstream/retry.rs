@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
+use super::budget::WriteBudget;
 use super::error::{UpstreamError, request_id};
 
 const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
@@ -153,7 +154,21 @@ fn jitter(ceiling: Duration) -> Duration {
 
 /// Sends the request that `build` makes, again for each attempt, until it succeeds (2xx), fails permanently,
 /// or the attempts run out. `upstream` names the service in logs.
-pub async fn send_with_retry<F>(upstream: &str, policy: &RetryPolicy, mut build: F) -> Result<Response, UpstreamError>
+pub async fn send_with_retry<F>(upstream: &str, policy: &RetryPolicy, build: F) -> Result<Response, UpstreamError>
+where
+    F: FnMut() -> RequestBuilder,
+{
+    send_with_retry_paced(upstream, policy, None, build).await
+}
+
+/// As [`send_with_retry`], with every attempt taking a token from `budget` first; a 429 empties the budget until
+/// its `Retry-After` has passed, so that every writer sharing it waits, not only this one.
+pub async fn send_with_retry_paced<F>(
+    upstream: &str,
+    policy: &RetryPolicy,
+    budget: Option<&WriteBudget>,
+    mut build: F,
+) -> Result<Response, UpstreamError>
 where
     F: FnMut() -> RequestBuilder,
 {
@@ -162,6 +177,9 @@ where
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        if let Some(budget) = budget {
+            budget.acquire().await;
+        }
         let (last, after, status, request_id) = match build().send().await {
             Ok(response) if response.status().is_success() => return Ok(response),
             Ok(response) => {
@@ -189,11 +207,19 @@ where
                 }
             }
         };
+        let throttled = status == Some(StatusCode::TOO_MANY_REQUESTS.as_u16());
+        if let Some(budget) = budget.filter(|_| throttled) {
+            budget.throttled(after);
+        }
         if attempt >= max_attempts {
             tracing::warn!(upstream, attempts = attempt, status, request_id, last = %last, "upstream retries exhausted");
-            return Err(UpstreamError::Exhausted { attempts: attempt, last });
+            return Err(UpstreamError::Exhausted { attempts: attempt, last, retry_after: after });
         }
-        let delay = backoff.delay(attempt - 1, after);
+        // A paced 429 waits in the budget, where every other writer waits too; only the jitter is added here.
+        let delay = match budget.filter(|_| throttled) {
+            Some(_) => jitter(backoff.base),
+            None => backoff.delay(attempt - 1, after),
+        };
         tracing::warn!(
             upstream,
             attempt,

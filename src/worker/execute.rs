@@ -1,10 +1,11 @@
-//! Executing the grant ledger: lease a job, call Entra with no transaction open, record the outcome.
+//! Executing the grant ledger: lease a job (or a batch of adds to one group), call Entra with no transaction open,
+//! record the outcomes in one transaction.
 //! Throttling and outages are retried later (the provider already retried the call itself); refusals and
 //! permanent errors end the job at once as a dead letter, with the reason kept on the grant.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
@@ -12,8 +13,15 @@ use super::{Step, drain, retry_delay, with_heartbeat};
 use crate::domain::GrantTarget;
 use crate::inbound::{Source, SourceKind, unix_millis};
 use crate::metrics::Metrics;
-use crate::providers::{GrantOutcome, GrantRequest, ProviderError, Providers};
+use crate::providers::{GrantOutcome, GrantRequest, MAX_MEMBERS_PER_PATCH, ProviderError, Providers};
 use crate::store::{ClaimedJob, JobResult, Leased, Store, StoreError};
+
+/// How long a batch that is not full waits for more adds to the same group before it is sent.
+pub const BATCH_FILL_WINDOW: Duration = Duration::from_millis(50);
+/// The longest a batch waits to fill while the write budget has no token for it.
+const MAX_FILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting batch looks for more.
+const FILL_POLL: Duration = Duration::from_millis(10);
 
 pub struct ExecutorContext {
     pub store: Store,
@@ -37,17 +45,48 @@ impl Executor {
         Executor { id: format!("{}-{}-x{index}", std::process::id(), uuid::Uuid::now_v7().simple()), ctx }
     }
 
-    /// Executes one due job; `Ok(false)` when there was none.
+    /// Executes one due job, or one batch of jobs that a single upstream call serves (adds to one group);
+    /// `Ok(false)` when nothing was due.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
         let now = unix_millis(SystemTime::now());
-        let Some(job) = self.ctx.store.claim_job(&self.id, now, self.ctx.lease).await? else { return Ok(false) };
-        let result =
-            with_heartbeat(&self.ctx.store, Leased::Job(&job.id), &self.id, self.ctx.lease, self.execute(&job)).await;
+        let jobs = self.ctx.store.claim_jobs(&self.id, now, self.ctx.lease, MAX_MEMBERS_PER_PATCH).await?;
+        if jobs.is_empty() {
+            return Ok(false);
+        }
+        let jobs = self.fill(jobs).await?;
+        let results =
+            with_heartbeat(&self.ctx.store, Leased::JobsOf(&self.id), &self.id, self.ctx.lease, self.execute(&jobs))
+                .await;
         let now = unix_millis(SystemTime::now());
-        if !self.ctx.store.finish_job(&job, &self.id, &result, now).await? {
-            tracing::warn!(job = %job.id, "lease lost while executing: another executor took the job over");
+        let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
+        let kept = self.ctx.store.finish_jobs(&outcomes, &self.id, now).await?;
+        for ((job, _), kept) in outcomes.iter().zip(kept) {
+            if !kept {
+                tracing::warn!(job = %job.id, "lease lost while executing: another executor took the job over");
+            }
         }
         Ok(true)
+    }
+
+    /// Tops up a batch that is not full: for [`BATCH_FILL_WINDOW`] after the claim, and for as long as the write
+    /// budget has no token for it anyway (at most [`MAX_FILL_WAIT`]). Under a steady stream of tickets for one group
+    /// each write then carries up to 20 members, which is what spares the tenant's write budget.
+    async fn fill(&self, mut jobs: Vec<ClaimedJob>) -> Result<Vec<ClaimedJob>, StoreError> {
+        let Some(key) = jobs.first().and_then(|j| j.batch_key.clone()) else { return Ok(jobs) };
+        let started = Instant::now();
+        while jobs.len() < MAX_MEMBERS_PER_PATCH {
+            let elapsed = started.elapsed();
+            let budget_wait = self.ctx.providers.groups.write_wait();
+            let until = BATCH_FILL_WINDOW.max(elapsed + budget_wait).min(MAX_FILL_WAIT);
+            if elapsed >= until {
+                break;
+            }
+            tokio::time::sleep((until - elapsed).min(FILL_POLL)).await;
+            let now = unix_millis(SystemTime::now());
+            let room = MAX_MEMBERS_PER_PATCH - jobs.len();
+            jobs = self.ctx.store.claim_more(&self.id, &key, now, self.ctx.lease, room).await?;
+        }
+        Ok(jobs)
     }
 
     /// Executes everything that is due, then returns: what tests call instead of sleeping.
@@ -55,18 +94,78 @@ impl Executor {
         drain(self).await
     }
 
-    #[tracing::instrument(name = "execute", skip_all, fields(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, kind = %job.kind, attempt = job.attempts))]
-    async fn execute(&self, job: &ClaimedJob) -> JobResult {
-        let grant = &job.grant;
-        let target: GrantTarget = match serde_json::from_str(&grant.target) {
-            Ok(t) => t,
-            Err(e) => return self.dead(grant.kind.clone(), format!("the stored target cannot be read: {e}")),
+    /// One result per job, in order. Adds to a group go out as one PATCH (of one member, or of the whole batch);
+    /// anything else one by one.
+    async fn execute(&self, jobs: &[ClaimedJob]) -> Vec<JobResult> {
+        let requests: Vec<Result<GrantRequest, JobResult>> = jobs.iter().map(|job| self.request(job)).collect();
+        let group = match (jobs, requests.first()) {
+            ([first, ..], Some(Ok(GrantRequest { target: GrantTarget::GroupMember { group_id }, .. })))
+                if first.kind == "grant" =>
+            {
+                Some(group_id.clone())
+            }
+            _ => None,
         };
+        let Some(group_id) = group else {
+            let mut results = Vec::with_capacity(jobs.len());
+            for (job, request) in jobs.iter().zip(requests) {
+                results.push(match request {
+                    Ok(request) => self.execute_one(job, &request).await,
+                    Err(result) => result,
+                });
+            }
+            return results;
+        };
+        self.add_to_group(jobs, requests, &group_id).await
+    }
+
+    /// A batch of additions to one group: one PATCH of up to 20 members (with Graph's refusal of the whole batch
+    /// answered by single adds), then each job's own result.
+    #[tracing::instrument(name = "execute_batch", skip_all, fields(group_id = %group_id, jobs = jobs.len()))]
+    async fn add_to_group(
+        &self,
+        jobs: &[ClaimedJob],
+        requests: Vec<Result<GrantRequest, JobResult>>,
+        group_id: &str,
+    ) -> Vec<JobResult> {
+        // A batch key is only ever shared by grant jobs of one group; anything else here is executed on its own.
+        let batchable = |job: &ClaimedJob, request: &GrantRequest| {
+            job.kind == "grant" && matches!(&request.target, GrantTarget::GroupMember { group_id: g } if g == group_id)
+        };
+        let principals: Vec<String> = jobs
+            .iter()
+            .zip(&requests)
+            .filter_map(|(job, r)| r.as_ref().ok().filter(|r| batchable(job, r)).map(|r| r.principal_id.clone()))
+            .collect();
+        let mut answers = self.ctx.providers.groups.add_many(group_id, &principals).await.into_iter();
+        let mut results = Vec::with_capacity(jobs.len());
+        for (job, request) in jobs.iter().zip(requests) {
+            let result = match request {
+                Err(result) => result,
+                Ok(request) if batchable(job, &request) => match answers.next() {
+                    Some((_, outcome)) => self.settle(job, &request, outcome),
+                    None => self.dead(job, "the batch ended without an answer for this grant".into()),
+                },
+                Ok(request) => self.execute_one(job, &request).await,
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// What the job asks the provider for, or why it cannot be asked.
+    fn request(&self, job: &ClaimedJob) -> Result<GrantRequest, JobResult> {
+        let grant = &job.grant;
+        let target: GrantTarget = serde_json::from_str(&grant.target)
+            .map_err(|e| self.dead(job, format!("the stored target cannot be read: {e}")))?;
+        if job.kind != "grant" && job.kind != "revoke" {
+            return Err(self.dead(job, format!("unknown job kind `{}`", job.kind)));
+        }
         let system = match self.ctx.sources.get(&grant.source).map(|s| s.kind()) {
             Some(SourceKind::Servicenow) => "ServiceNow",
             _ => "Jira",
         };
-        let request = GrantRequest {
+        Ok(GrantRequest {
             target,
             principal_id: grant.principal_id.clone(),
             duration: grant.requested_duration_secs.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
@@ -76,38 +175,52 @@ impl Executor {
                 "{} approved in {system}; granted by grantbridge rule {}",
                 grant.ticket_key, grant.rule
             ),
-        };
+        })
+    }
+
+    #[tracing::instrument(name = "execute", skip_all, fields(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, kind = %job.kind, attempt = job.attempts))]
+    async fn execute_one(&self, job: &ClaimedJob, request: &GrantRequest) -> JobResult {
         let outcome = match job.kind.as_str() {
-            "grant" => self.ctx.providers.grant(&request).await,
-            "revoke" => self.ctx.providers.revoke(&request).await,
-            other => return self.dead(grant.kind.clone(), format!("unknown job kind `{other}`")),
+            "revoke" => self.ctx.providers.revoke(request).await,
+            _ => self.ctx.providers.grant(request).await,
         };
+        self.settle(job, request, outcome)
+    }
+
+    /// The job's result from the provider's answer: done, retried later, or dead.
+    fn settle(
+        &self,
+        job: &ClaimedJob,
+        request: &GrantRequest,
+        outcome: Result<GrantOutcome, ProviderError>,
+    ) -> JobResult {
+        let grant = &job.grant;
         let now = SystemTime::now();
         match outcome {
             Ok(GrantOutcome::Granted { upstream_id, already }) => {
                 self.ctx.metrics.record_job(&grant.kind, if already { "already" } else { "granted" });
-                tracing::info!(already, "grant active");
+                tracing::info!(job = %job.id, grant = %grant.id, ticket = %grant.ticket_key, already, "grant active");
                 let expires_at_ms = request.duration.map(|d| unix_millis(now + d));
                 JobResult::Done { grant_state: "active", upstream_id, expires_at_ms }
             }
             Ok(GrantOutcome::Revoked { already_gone }) => {
                 self.ctx.metrics.record_job(&grant.kind, "revoked");
-                tracing::info!(already_gone, "grant revoked");
+                tracing::info!(job = %job.id, grant = %grant.id, ticket = %grant.ticket_key, already_gone, "grant revoked");
                 JobResult::Done { grant_state: "revoked", upstream_id: None, expires_at_ms: grant.expires_at_ms }
             }
             Err(ProviderError::Retryable { after, detail }) if job.attempts < self.ctx.max_attempts => {
                 let delay = after.unwrap_or_else(|| retry_delay(job.attempts));
                 self.ctx.metrics.record_job(&grant.kind, "retry");
-                tracing::warn!(error = %detail, retry_in_secs = delay.as_secs(), "grant postponed");
+                tracing::warn!(job = %job.id, grant = %grant.id, error = %detail, retry_in_secs = delay.as_secs(), "grant postponed");
                 JobResult::Retry { at_ms: unix_millis(now + delay), error: detail }
             }
-            Err(e) => self.dead(grant.kind.clone(), describe(&e, job.attempts)),
+            Err(e) => self.dead(job, describe(&e, job.attempts)),
         }
     }
 
-    fn dead(&self, kind: String, error: String) -> JobResult {
-        self.ctx.metrics.record_job(&kind, "dead");
-        tracing::error!(error = %error, "grant failed; the job is a dead letter");
+    fn dead(&self, job: &ClaimedJob, error: String) -> JobResult {
+        self.ctx.metrics.record_job(&job.grant.kind, "dead");
+        tracing::error!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, error = %error, "grant failed; the job is a dead letter");
         JobResult::Dead { error }
     }
 }

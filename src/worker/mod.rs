@@ -19,7 +19,7 @@ use crate::domain::{Decision, Refusal, RefusalCode};
 use crate::inbound::normalize::{Normalized, normalize};
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
-use crate::store::{ClaimedEvent, Leased, NewGrant, Store, StoreError, StoredDecision};
+use crate::store::{ClaimedEvent, DecisionRecord, Leased, NewGrant, Store, StoreError, StoredDecision, batch_key};
 
 /// What a worker needs; shared by all workers of a process.
 pub struct WorkerContext {
@@ -45,13 +45,47 @@ impl Worker {
         Worker { id: format!("{}-{}-{index}", std::process::id(), uuid::Uuid::now_v7().simple()), ctx }
     }
 
-    /// Claims and decides one event; `Ok(false)` when there was nothing to do.
+    /// Claims up to [`DECIDE_BATCH`] events, decides them concurrently, and records every decision in one
+    /// transaction; `Ok(false)` when there was nothing to do.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
         let now = unix_millis(SystemTime::now());
-        let Some(event) = self.ctx.store.claim_event(&self.id, now, self.ctx.settings.lease).await? else {
+        let events = self.ctx.store.claim_events(&self.id, now, self.ctx.settings.lease, DECIDE_BATCH).await?;
+        if events.is_empty() {
             return Ok(false);
-        };
-        self.process(event).await?;
+        }
+        let lease = self.ctx.settings.lease;
+        let decide_all = futures_util::future::join_all(events.iter().map(|event| self.decide(event)));
+        let outcomes = with_heartbeat(&self.ctx.store, Leased::EventsOf(&self.id), &self.id, lease, decide_all).await;
+        let mut records = Vec::with_capacity(events.len());
+        let mut labels = Vec::with_capacity(events.len());
+        for (event, outcome) in events.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Decided(decided) => {
+                    labels.push((event, decision_label(&decided.decision)));
+                    records.push(self.record_of(event, *decided));
+                }
+                Outcome::Postponed { at_ms } => self.ctx.store.release_event(event.id, &self.id, at_ms).await?,
+            }
+        }
+        if records.is_empty() {
+            return Ok(true);
+        }
+        let kept = self.ctx.store.record_decisions(&records, &self.id).await?;
+        let mut queued_jobs = 0;
+        for ((record, (event, label)), kept) in records.iter().zip(&labels).zip(kept) {
+            let decision = &record.decision;
+            if kept {
+                queued_jobs += record.grants.len();
+                self.ctx.metrics.record_decision(&event.source, label);
+                tracing::info!(event_id = %event.id, source = %event.source, outcome = %decision.outcome, code = decision.code.as_deref(), ticket = decision.ticket_key.as_deref(), "event decided");
+            } else {
+                tracing::warn!(event_id = %event.id, "lease lost while deciding: another worker took the event over; this decision is dropped");
+            }
+        }
+        // One executor per batch of new grants: a new job wakes one of them, not every idle one.
+        for _ in 0..queued_jobs.div_ceil(crate::providers::MAX_MEMBERS_PER_PATCH) {
+            self.ctx.jobs_wake.notify_one();
+        }
         Ok(true)
     }
 
@@ -61,20 +95,19 @@ impl Worker {
     }
 
     #[tracing::instrument(name = "decide", skip_all, fields(event_id = %event.id, source = %event.source, attempt = event.attempts))]
-    async fn process(&self, event: ClaimedEvent) -> Result<(), StoreError> {
+    async fn decide(&self, event: &ClaimedEvent) -> Outcome {
         let ctx = &self.ctx;
         let Some(source) = ctx.sources.get(&event.source) else {
             let reason = format!("source `{}` is no longer configured", event.source);
-            return self.record(&event, Decided { ticket: None, decision: Decision::Ignored { reason } }).await;
+            return Outcome::Decided(Box::new(Decided { ticket: None, decision: Decision::Ignored { reason } }));
         };
         let decided = ctx.decider.decide(source, &event.body, event.delivery_id.as_deref(), event.received_at_ms).await;
         match decided {
-            Ok(decided) => self.record(&event, decided).await,
+            Ok(decided) => Outcome::Decided(Box::new(decided)),
             Err(transient) if event.attempts < ctx.settings.max_attempts => {
                 let delay = retry_delay(event.attempts);
                 tracing::warn!(error = %transient, retry_in_secs = delay.as_secs(), "deciding postponed");
-                let at = unix_millis(SystemTime::now() + delay);
-                ctx.store.release_event(event.id, &self.id, at).await
+                Outcome::Postponed { at_ms: unix_millis(SystemTime::now() + delay) }
             }
             Err(transient) => {
                 let message = format!("gave up after {} attempts: {transient}", event.attempts);
@@ -84,17 +117,17 @@ impl Worker {
                     Normalized::Ticket(t) => Some(*t),
                     Normalized::Ignored(_) => None,
                 };
-                self.record(&event, Decided { ticket, decision: Decision::Refused(refusal) }).await
+                Outcome::Decided(Box::new(Decided { ticket, decision: Decision::Refused(refusal) }))
             }
         }
     }
 
-    async fn record(&self, event: &ClaimedEvent, decided: Decided) -> Result<(), StoreError> {
-        let (code, label) = match &decided.decision {
-            Decision::Refused(r) => (Some(r.code.as_str().to_string()), r.code.as_str()),
-            other => (None, other.outcome()),
+    fn record_of(&self, event: &ClaimedEvent, decided: Decided) -> DecisionRecord {
+        let code = match &decided.decision {
+            Decision::Refused(r) => Some(r.code.as_str().to_string()),
+            _ => None,
         };
-        let stored = StoredDecision {
+        let decision = StoredDecision {
             outcome: decided.decision.outcome().to_string(),
             code,
             ticket_key: decided.ticket.as_ref().map(|t| t.ticket_key.clone()),
@@ -102,17 +135,25 @@ impl Worker {
             decided_at_ms: unix_millis(SystemTime::now()),
         };
         let grants = grants_to_execute(&event.source, &decided);
-        let kept = self.ctx.store.record_decision(event.id, &self.id, decided.state(), &stored, &grants).await?;
-        if kept {
-            if !grants.is_empty() {
-                self.ctx.jobs_wake.notify_waiters();
-            }
-            self.ctx.metrics.record_decision(&event.source, label);
-            tracing::info!(outcome = %stored.outcome, code = stored.code.as_deref(), ticket = stored.ticket_key.as_deref(), "event decided");
-        } else {
-            tracing::warn!("lease lost while deciding: another worker took the event over; this decision is dropped");
-        }
-        Ok(())
+        DecisionRecord { event: event.id, state: decided.state(), decision, grants }
+    }
+}
+
+/// Events one worker claims and decides together, recorded in one transaction.
+pub const DECIDE_BATCH: usize = 32;
+
+/// What deciding one event came to.
+enum Outcome {
+    Decided(Box<Decided>),
+    /// The ticketing system or the directory could not be reached: try again at `at_ms`.
+    Postponed { at_ms: i64 },
+}
+
+/// The metric label of a decision: the refusal code, or the outcome.
+fn decision_label(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Refused(r) => r.code.as_str(),
+        other => other.outcome(),
     }
 }
 
@@ -159,6 +200,7 @@ fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
             label: g.label.clone(),
             principal_id: principal.object_id.clone(),
             requested_duration_secs: g.duration.and_then(|d| i64::try_from(d.as_secs()).ok()),
+            batch_key: batch_key(g.target.kind(), &g.target),
         })
         .collect()
 }

@@ -307,7 +307,7 @@ fn executed_jobs(server: &Server) -> Vec<String> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| line["message"] == "grant active")
-        .filter_map(|line| line["span"]["job"].as_str().map(str::to_string))
+        .filter_map(|line| line["job"].as_str().map(str::to_string))
         .collect()
 }
 

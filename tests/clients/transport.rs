@@ -28,7 +28,8 @@ async fn a_response_slower_than_the_timeout_is_retried_then_exhausted() {
     let err = snow.record("sc_req_item", "a83820b58f723300e7e16c7827bdeed2", &[]).await.unwrap_err();
 
     match &err {
-        UpstreamError::Exhausted { attempts, last } => {
+        UpstreamError::Exhausted { attempts, last, retry_after } => {
+            assert_eq!(*retry_after, None, "a timeout asks for no delay");
             assert_eq!(*attempts, 3);
             assert!(last.to_lowercase().contains("timed out") || last.contains("timeout"), "{last}");
         }

@@ -1,15 +1,14 @@
-//! Adds to one group in 20-member PATCHes: chunking, the fallback to single adds, and the coalescer.
+//! Adds to one group in 20-member PATCHes: chunking, the fallback to single adds; Graph writes paced to a budget.
 
-use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use grantbridge::domain::GrantTarget;
-use grantbridge::providers::{GrantOutcome, GroupAddBatcher, ProviderError};
+use grantbridge::providers::{GrantOutcome, ProviderError};
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{Fakes, GROUP, graph_error, members_ref_path, request, user};
+use crate::helpers::{Fakes, GROUP, OTHER_GROUP, graph_error, members_ref_path, request, user};
 
 const ALREADY: &str =
     "One or more added object references already exist for the following modified properties: 'members'.";
@@ -120,69 +119,60 @@ async fn a_batch_to_a_dynamic_group_is_refused_for_everyone() {
 }
 
 #[tokio::test]
-async fn thirty_concurrent_grants_to_one_group_coalesce_into_at_most_two_patches() {
+async fn writes_wait_for_the_graph_write_budget() {
     let fakes = Fakes::start().await;
     fakes.mount_group(GROUP, &[], None).await;
-    mount_patch(&fakes, ResponseTemplate::new(204)).await;
-    let providers = fakes.providers.clone().with_group_batching(std::time::Duration::from_millis(50));
+    Mock::given(method("POST")).and(path(members_ref_path(GROUP))).respond_with(ResponseTemplate::new(204)).mount(&fakes.graph).await;
+    // Two writes at once, then two per second.
+    let providers = fakes.providers.clone().with_graph_write_budget(2, Duration::from_secs(1));
 
-    let mut tasks = JoinSet::new();
-    for n in 0..30 {
-        let providers = providers.clone();
-        tasks.spawn(async move {
-            let req = request(GrantTarget::GroupMember { group_id: GROUP.into() }, &user(n), None);
-            providers.grant(&req).await
-        });
+    let started = Instant::now();
+    for n in 0..2 {
+        let req = request(GrantTarget::GroupMember { group_id: GROUP.into() }, &user(n), None);
+        providers.grant(&req).await.unwrap();
     }
-    let mut answers = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        answers.push(joined.unwrap());
+    let burst = started.elapsed();
+    for n in 2..4 {
+        let req = request(GrantTarget::GroupMember { group_id: GROUP.into() }, &user(n), None);
+        providers.grant(&req).await.unwrap();
     }
 
-    assert_eq!(answers.len(), 30);
-    assert!(
-        answers.iter().all(|a| *a == Ok(GrantOutcome::Granted { upstream_id: None, already: false })),
-        "{answers:?}"
-    );
-    let patches = Fakes::requests(&fakes.graph, "PATCH", &group_path()).await;
-    assert!(!patches.is_empty() && patches.len() <= 2, "{} PATCHes", patches.len());
-    let sent: Vec<String> = patches.iter().flat_map(bound).collect();
-    assert_eq!(sent.len(), 30);
-    assert_eq!(sent.iter().collect::<HashSet<_>>().len(), 30);
-    assert!(Fakes::requests(&fakes.graph, "POST", &members_ref_path(GROUP)).await.is_empty());
+    assert!(burst < Duration::from_millis(400), "the first two writes are free: {burst:?}");
+    assert!(started.elapsed() >= Duration::from_millis(950), "two more wait for the refill: {:?}", started.elapsed());
+    assert_eq!(Fakes::requests(&fakes.graph, "POST", &members_ref_path(GROUP)).await.len(), 4);
 }
 
 #[tokio::test]
-async fn each_caller_of_the_coalescer_gets_its_own_answer() {
+async fn a_429_holds_back_every_writer_until_its_retry_after() {
     let fakes = Fakes::start().await;
     fakes.mount_group(GROUP, &[], None).await;
-    mount_patch(&fakes, ResponseTemplate::new(400).set_body_json(graph_error("Request_BadRequest", ALREADY, "r-p400")))
-        .await;
+    fakes.mount_group(OTHER_GROUP, &[], None).await;
+    let throttled = json!({"error": {"code": "TooManyRequests", "message": "Too many requests."}});
     Mock::given(method("POST"))
         .and(path(members_ref_path(GROUP)))
-        .and(body_json(json!({"@odata.id": fakes.reference(&user(0))})))
-        .respond_with(ResponseTemplate::new(400).set_body_json(graph_error("Request_BadRequest", ALREADY, "r-400")))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "2").set_body_json(throttled))
+        .up_to_n_times(1)
         .with_priority(1)
         .mount(&fakes.graph)
         .await;
-    Mock::given(method("POST"))
-        .and(path(members_ref_path(GROUP)))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&fakes.graph)
-        .await;
-    let batcher = GroupAddBatcher::new(fakes.groups().clone(), std::time::Duration::from_millis(100));
+    for group in [GROUP, OTHER_GROUP] {
+        Mock::given(method("POST")).and(path(members_ref_path(group))).respond_with(ResponseTemplate::new(204)).mount(&fakes.graph).await;
+    }
+    let providers = fakes.providers.clone().with_graph_write_budget(100, Duration::from_secs(1));
 
-    let (u0, u1, u2) = (user(0), user(1), user(2));
-    let (a, b, c, bad) = tokio::join!(
-        batcher.add(GROUP, &u0),
-        batcher.add(GROUP, &u1),
-        batcher.add(GROUP, &u2),
-        batcher.add(GROUP, "nobody"),
-    );
+    let started = Instant::now();
+    let first = request(GrantTarget::GroupMember { group_id: GROUP.into() }, &user(1), None);
+    let second = request(GrantTarget::GroupMember { group_id: OTHER_GROUP.into() }, &user(2), None);
+    let (a, b) = tokio::join!(providers.grant(&first), async {
+        // Starts after the first write has been answered 429.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answer = providers.grant(&second).await;
+        (answer, started.elapsed())
+    });
 
-    assert_eq!(a, Ok(GrantOutcome::Granted { upstream_id: None, already: true }));
-    assert_eq!(b, Ok(GrantOutcome::Granted { upstream_id: None, already: false }));
-    assert_eq!(c, Ok(GrantOutcome::Granted { upstream_id: None, already: false }));
-    assert_eq!(bad.unwrap_err().code(), "invalid_input");
-    assert_eq!(Fakes::requests(&fakes.graph, "PATCH", &group_path()).await.len(), 1);
+    assert_eq!(a, Ok(GrantOutcome::Granted { upstream_id: None, already: false }));
+    assert_eq!(b.0, Ok(GrantOutcome::Granted { upstream_id: None, already: false }));
+    assert!(b.1 >= Duration::from_secs(2), "the other writer waited out the Retry-After too: {:?}", b.1);
+    assert_eq!(Fakes::requests(&fakes.graph, "POST", &members_ref_path(GROUP)).await.len(), 2);
+    assert_eq!(Fakes::requests(&fakes.graph, "POST", &members_ref_path(OTHER_GROUP)).await.len(), 1);
 }

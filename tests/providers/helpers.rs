@@ -19,6 +19,7 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "canary~client~secret~value";
 
 pub const GROUP: &str = "02bd9fd6-8f93-4758-87c3-1fb73740a315";
+pub const OTHER_GROUP: &str = "5a1c2e3f-7b8d-4e9f-a0b1-c2d3e4f5a6b7";
 pub const USER: &str = "6e7b768e-07e2-4810-8459-485f84f8f204";
 pub const OTHER_USER: &str = "87d349ed-44d7-43e1-9a83-5f2406dee5bd";
 

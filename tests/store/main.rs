@@ -295,6 +295,7 @@ fn new_grant(id: &str, ticket: &str) -> grantbridge::store::NewGrant {
         label: "EPM - User Portal Access".into(),
         principal_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
         requested_duration_secs: Some(8 * 3600),
+        batch_key: Some("group_member:6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90".into()),
     }
 }
 
@@ -370,5 +371,77 @@ both_backends! {
         let letters = store.dead_jobs(10).await.unwrap();
         assert_eq!(letters, vec![(b.id.clone(), b.grant.id.clone(), Some("403 Authorization_RequestDenied".into()))]);
         assert!(store.claim_job("d", 100_000, lease).await.unwrap().is_none(), "done and dead jobs are never claimed");
+    }
+}
+
+both_backends! {
+    async fn events_are_claimed_and_recorded_in_batches(backend: Backend) {
+        use grantbridge::store::DecisionRecord;
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let events: Vec<_> = (0..5).map(|n| maker.event(Some(&format!("b-{n}")), &format!(r#"{{"n": {n}}}"#))).collect();
+        store.insert_events(&events.iter().collect::<Vec<_>>()).await.unwrap();
+        let lease = std::time::Duration::from_secs(30);
+
+        let a = store.claim_events("worker-a", 1_000, lease, 3).await.unwrap();
+        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), events[..3].iter().map(|e| e.id()).collect::<Vec<_>>(), "the three oldest, in order");
+        let b = store.claim_events("worker-b", 20_000, lease, 3).await.unwrap();
+        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), events[3..].iter().map(|e| e.id()).collect::<Vec<_>>(), "the rest, nothing twice");
+        assert!(store.claim_events("worker-c", 20_000, lease, 3).await.unwrap().is_empty());
+
+        // worker-a stalls and loses its batch; worker-b records its own batch plus one of a's events.
+        let c = store.claim_events("worker-c", 40_000, lease, 10).await.unwrap();
+        assert_eq!(c.iter().map(|e| e.id).collect::<Vec<_>>(), a.iter().map(|e| e.id).collect::<Vec<_>>(), "the expired batch is taken over whole");
+        let mut records: Vec<DecisionRecord> = b
+            .iter()
+            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")] })
+            .collect();
+        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![] });
+        let kept = store.record_decisions(&records, "worker-b").await.unwrap();
+        assert_eq!(kept, [true, true, false]);
+        assert_eq!(count(&store, "decisions").await, 2);
+        assert_eq!((count(&store, "grants").await, count(&store, "jobs").await), (2, 2));
+        assert_eq!(store.event(c[0].id).await.unwrap().unwrap().state, "deciding", "the lost decision changed nothing");
+    }
+}
+
+both_backends! {
+    async fn jobs_for_one_group_are_claimed_as_one_batch(backend: Backend) {
+        use grantbridge::store::JobResult;
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let mut grants: Vec<_> = (0..25).map(|n| new_grant(&format!("g-{n:02}"), &format!("ACC-{n}"))).collect();
+        // One grant to another group, and one that cannot be batched at all.
+        grants[5].batch_key = Some("group_member:another".into());
+        grants[7].batch_key = None;
+        planned(&store, &maker, "p", &grants).await;
+        let lease = std::time::Duration::from_secs(30);
+
+        let first = store.claim_jobs("x1", 2_000, lease, 20).await.unwrap();
+        assert_eq!(first.len(), 20, "a full batch of the first job's group");
+        assert!(first.iter().all(|j| j.grant.id != "g-05" && j.grant.id != "g-07"), "only jobs of the same batch");
+        let second = store.claim_jobs("x2", 2_000, lease, 20).await.unwrap();
+        let third = store.claim_jobs("x3", 2_000, lease, 20).await.unwrap();
+        let fourth = store.claim_jobs("x4", 2_000, lease, 20).await.unwrap();
+        let mut sizes = [second.len(), third.len(), fourth.len()];
+        sizes.sort();
+        assert_eq!(sizes, [1, 1, 3], "the rest of the group, the other group, the unbatched job");
+        assert!(store.claim_jobs("x5", 2_000, lease, 20).await.unwrap().is_empty());
+        let mut all: Vec<&str> = first.iter().chain(&second).chain(&third).chain(&fourth).map(|j| j.id.as_str()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 25, "no job claimed twice");
+
+        // The batch is finished in one transaction; a lost lease keeps its job out of it.
+        let done = JobResult::Done { grant_state: "active", upstream_id: None, expires_at_ms: None };
+        let mut outcomes: Vec<_> = first.iter().map(|j| (j, done.clone())).collect();
+        outcomes.push((&second[0], done.clone()));
+        let kept = store.finish_jobs(&outcomes, "x1", 3_000).await.unwrap();
+        assert_eq!(kept.iter().filter(|k| **k).count(), 20);
+        assert!(!kept[20], "x1 does not hold x2's job");
+        assert!(store.extend_lease(grantbridge::store::Leased::JobsOf("x2"), "x2", 99_000).await.unwrap());
+        assert!(!store.extend_lease(grantbridge::store::Leased::JobsOf("x1"), "x1", 99_000).await.unwrap(), "x1 holds nothing now");
     }
 }
