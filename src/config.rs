@@ -457,7 +457,9 @@ impl Settings {
             arm_concurrency: raw.workers.arm_concurrency.unwrap_or(4).clamp(1, 64),
             graph_write_budget: match raw.workers.graph_write_budget.unwrap_or(3_000) {
                 0 => None,
-                writes => Some((writes, Duration::from_secs(raw.workers.graph_write_window_secs.unwrap_or(150).max(1)))),
+                writes => {
+                    Some((writes, Duration::from_secs(raw.workers.graph_write_window_secs.unwrap_or(150).max(1))))
+                }
             },
         };
 

@@ -331,7 +331,8 @@ impl Store {
                         .bind(upstream_id)
                         .bind(expires_at_ms),
                         JobResult::Retry { error, .. } => {
-                            sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3").bind(error)
+                            sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
+                                .bind(error)
                         }
                         JobResult::Dead { error } => sqlx::query(
                             "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",

@@ -146,7 +146,9 @@ pub const DECIDE_BATCH: usize = 32;
 enum Outcome {
     Decided(Box<Decided>),
     /// The ticketing system or the directory could not be reached: try again at `at_ms`.
-    Postponed { at_ms: i64 },
+    Postponed {
+        at_ms: i64,
+    },
 }
 
 /// The metric label of a decision: the refusal code, or the outcome.

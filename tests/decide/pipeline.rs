@@ -671,3 +671,55 @@ async fn a_slow_grant_keeps_its_lease_and_is_not_taken_over() {
     assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0].state, "active");
     assert_eq!(member_writes(&fakes).await.len(), 1);
 }
+
+/// Answers `GET /users/{upn}` for anyone, with an object id derived from the UPN.
+struct AnyUser;
+
+impl wiremock::Respond for AnyUser {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let upn = request.url.path().rsplit('/').next().unwrap_or_default().to_string();
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, upn.as_bytes()).to_string();
+        ResponseTemplate::new(200).set_body_json(
+            json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true}),
+        )
+    }
+}
+
+both_backends! {
+    async fn thirty_queued_grants_to_one_group_go_out_as_two_patches(backend: Backend) {
+        let fakes = bare_fakes().await;
+        Mock::given(method("GET")).and(path_regex("^/v1.0/users/[^/]+$")).respond_with(AnyUser).mount(&fakes.entra).await;
+        writable_group(&fakes, json!([])).await;
+        Mock::given(method("PATCH"))
+            .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&fakes.entra)
+            .await;
+        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        let app = spawn(backend, &fakes, "", "").await;
+        let template = json_fixture("servicenow/ritm-approved.json");
+        // One ticket asking access for thirty people: thirty grants.
+        for n in 0..30 {
+            let mut ritm = template.clone();
+            ritm["requested_for"]["email"] = json!(format!("person{n}@example.com"));
+            let id = app.deliver_body("servicenow", ritm.to_string()).await;
+            if n == 0 {
+                let decided = app.decision(&id).await;
+                assert_eq!(decided["decision"]["outcome"], "plan", "{decided}");
+            }
+        }
+        app.app_worker.run_pending().await.unwrap();
+
+        assert_eq!(app.executor.run_pending().await.unwrap(), 2, "two batches");
+
+        let patches = member_writes(&fakes).await;
+        let sizes: Vec<usize> = patches
+            .iter()
+            .map(|w| serde_json::from_slice::<Value>(&w.body).unwrap()["members@odata.bind"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [20, 10]);
+        let ledger = app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap();
+        assert_eq!(ledger.len(), 30);
+        assert!(ledger.iter().all(|g| g.state == "active"), "{ledger:?}");
+    }
+}

@@ -122,7 +122,11 @@ async fn a_batch_to_a_dynamic_group_is_refused_for_everyone() {
 async fn writes_wait_for_the_graph_write_budget() {
     let fakes = Fakes::start().await;
     fakes.mount_group(GROUP, &[], None).await;
-    Mock::given(method("POST")).and(path(members_ref_path(GROUP))).respond_with(ResponseTemplate::new(204)).mount(&fakes.graph).await;
+    Mock::given(method("POST"))
+        .and(path(members_ref_path(GROUP)))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fakes.graph)
+        .await;
     // Two writes at once, then two per second.
     let providers = fakes.providers.clone().with_graph_write_budget(2, Duration::from_secs(1));
 
@@ -156,7 +160,11 @@ async fn a_429_holds_back_every_writer_until_its_retry_after() {
         .mount(&fakes.graph)
         .await;
     for group in [GROUP, OTHER_GROUP] {
-        Mock::given(method("POST")).and(path(members_ref_path(group))).respond_with(ResponseTemplate::new(204)).mount(&fakes.graph).await;
+        Mock::given(method("POST"))
+            .and(path(members_ref_path(group)))
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&fakes.graph)
+            .await;
     }
     let providers = fakes.providers.clone().with_graph_write_budget(100, Duration::from_secs(1));
 
