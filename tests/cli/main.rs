@@ -5,6 +5,7 @@
 mod common;
 
 mod check_config;
+mod deploy;
 mod execution;
 mod plan;
 mod process;
