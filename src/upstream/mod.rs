@@ -8,6 +8,7 @@ pub(crate) mod url;
 
 pub use client::{USER_AGENT, http_client, try_http_client};
 pub use error::UpstreamError;
+pub(crate) use retry::days_from_civil;
 pub use retry::{Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry};
 
 /// Reads a 2xx body as JSON. Only for bodies that hold no secret: serde's messages may quote values.
