@@ -23,7 +23,7 @@ use crate::upstream::http_client;
 use crate::worker::{Executor, ExecutorContext, Worker, WorkerContext, Workers};
 
 /// Time allowed to fetch the keys that sign admin tokens: a request waits for it.
-const ADMIN_KEYS_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     port: u16,

@@ -552,9 +552,13 @@ mod tests {
         no_exp.as_object_mut().unwrap().remove("exp");
         assert_eq!(check(&auth, &token(&no_exp)).await, Err(AuthFailure::Invalid("missing_claim")));
 
-        let good = token(&claims(&["Grantbridge.Read"]));
-        let (rest, signature) = good.rsplit_once('.').unwrap();
-        let tampered = format!("{rest}.{}", signature.chars().rev().collect::<String>());
+        // The claims of one token under the signature of another: the read role raised to operate.
+        let signed = token(&claims(&["Grantbridge.Read"]));
+        let wanted = token(&claims(&["Grantbridge.Operate"]));
+        let (signed_part, signature) = signed.rsplit_once('.').unwrap();
+        let (wanted_part, _) = wanted.rsplit_once('.').unwrap();
+        assert_ne!(signed_part, wanted_part);
+        let tampered = format!("{wanted_part}.{signature}");
         assert_eq!(check(&auth, &tampered).await, Err(AuthFailure::Invalid("bad_signature")));
         let hs = encode(
             &Header { kid: Some("kid-a".into()), ..Header::new(Algorithm::HS256) },
@@ -606,6 +610,31 @@ mod tests {
         let auth = AdminAuth::new(AdminSettings::default(), reqwest::Client::new());
         assert_eq!(check(&auth, "anything").await, Err(AuthFailure::Invalid("unknown_token")));
         assert_eq!(auth.authenticate(None).await, Err(AuthFailure::Missing));
+    }
+
+    #[tokio::test]
+    async fn keys_fetched_before_stay_in_use_when_the_endpoint_fails() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        let server = MockServer::start().await;
+        let jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(), Algorithm::RS256).unwrap();
+        let mut published = serde_json::to_value(jwk).unwrap();
+        published["kid"] = json!("kid-a");
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [published]})))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET")).respond_with(ResponseTemplate::new(500)).mount(&server).await;
+        // Never fresh, so that every lookup wants to fetch again, at most every 50 ms.
+        let cache = JwksCache::new(server.uri(), reqwest::Client::new(), Duration::ZERO, Duration::from_millis(50));
+        assert!(cache.key("kid-a").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.key("kid-a").await.unwrap().is_some(), "the endpoint failed: the known key is still used");
+        assert!(cache.key("kid-b").await.unwrap().is_none());
+        let calls = server.received_requests().await.unwrap().len();
+        assert!(calls >= 2, "the stale set was fetched again ({calls} calls)");
     }
 
     #[tokio::test]

@@ -145,7 +145,10 @@ fn rfc3339_millis(text: &str) -> Option<i64> {
     }
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut rest = text.get(19..)?;
@@ -182,6 +185,15 @@ fn rfc3339_millis(text: &str) -> Option<i64> {
     Some(secs * 1000 + millis)
 }
 
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +213,7 @@ mod tests {
         assert_eq!(parse_time("2025-11-28T10:00:00 02:00"), Some(1_764_316_800_000), "a `+` that became a space");
         assert_eq!(parse_time("2025-11-28T06:30:00-01:30"), Some(1_764_316_800_000));
         assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
         for bad in [
             "",
             "-5",
@@ -208,6 +221,8 @@ mod tests {
             "2025-11-28",
             "2025-11-28T08:00:00",
             "2025-13-28T08:00:00Z",
+            "2025-02-29T08:00:00Z",
+            "2025-04-31T08:00:00Z",
             "2025-11-28T24:00:00Z",
             "2025-11-28T08:00:00.Z",
             "2025-11-28T08:00:00+2:00",
