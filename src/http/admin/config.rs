@@ -53,7 +53,8 @@ pub struct AdminConfig {
 struct EntraAdminConfig {
     /// The directory (tenant) id, a GUID: it is part of the issuer every token must name.
     tenant_id: String,
-    /// Accepted `aud` values: the API's application id URI (`api://grantbridge`) and/or its client id.
+    /// Accepted `aud` values: the API's client id (v2.0 tokens always carry it) and/or its application id URI
+    /// (`api://grantbridge`, in v1.0 tokens requested for it).
     audiences: Vec<String>,
     /// Where the tenant's signing keys are published; default `https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys`.
     jwks_url: Option<String>,
