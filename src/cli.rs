@@ -154,6 +154,7 @@ async fn check_config(config: &Path) -> ExitCode {
             println!("{}: OK", config.display());
             println!("  listen:   {}", settings.listen);
             println!("  database: {}", settings.database.display_url());
+            println!("  admin:    {}", settings.admin.describe());
             let policy = &settings.policy;
             let dry = if policy.dry_run() { ", dry run" } else { "" };
             println!("  policy:   {} rule(s), {}{dry}", policy.rules().len(), policy.mode().as_str());

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::decide::PrincipalConfig;
 use crate::entra::{Entra, EntraConfig};
+use crate::http::admin::{AdminConfig, AdminSettings};
 use crate::inbound::normalize::TicketMappingConfig;
 use crate::inbound::schemes::SchemeConfig;
 use crate::inbound::{DeliveryIdRule, Source, SourceKind};
@@ -76,6 +77,7 @@ struct RawConfig {
     principals: PrincipalConfig,
     #[serde(default)]
     workers: RawWorkers,
+    admin: Option<AdminConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +169,8 @@ pub struct Settings {
     pub entra: Option<Entra>,
     pub principals: PrincipalConfig,
     pub workers: WorkerSettings,
+    /// `[admin]`: who may call the admin API; nobody without it.
+    pub admin: AdminSettings,
 }
 
 /// `[workers]`: how events are decided in the background.
@@ -447,6 +451,7 @@ impl Settings {
         let policy = raw.policy.build(origin, &names)?;
         let entra = raw.entra.map(|e| e.build(&format!("{origin}: entra"))).transpose()?;
         raw.principals.validate(&format!("{origin}: principals"))?;
+        let admin = raw.admin.map(|a| a.build(&format!("{origin}: admin"))).transpose()?.unwrap_or_default();
         let workers = WorkerSettings {
             count: raw.workers.count.unwrap_or(2),
             lease: Duration::from_secs(raw.workers.lease_secs.unwrap_or(120).max(1)),
@@ -475,6 +480,7 @@ impl Settings {
             entra,
             principals: raw.principals,
             workers,
+            admin,
         })
     }
 }

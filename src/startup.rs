@@ -12,13 +12,18 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::decide::Decider;
+use crate::http::admin::AdminAuth;
 use crate::http::{self, AppState};
 use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::store::Store;
+use crate::upstream::http_client;
 use crate::worker::{Executor, ExecutorContext, Worker, WorkerContext, Workers};
+
+/// Time allowed to fetch the keys that sign admin tokens: a request waits for it.
+const ADMIN_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     port: u16,
@@ -96,7 +101,12 @@ impl Application {
             wake,
             jobs_wake,
         });
-        let state = AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics };
+        if settings.admin.is_open_to_nobody() {
+            tracing::info!("no [admin] section: every /v1/ route answers 401");
+        }
+        let admin = Arc::new(AdminAuth::new(settings.admin, http_client(ADMIN_KEYS_TIMEOUT)));
+        let state =
+            AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics, admin };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
         let workers = Workers::spawn(work.clone(), exec.clone());
         Ok(Application { port, server, intake_writer, store, workers, work, exec })

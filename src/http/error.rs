@@ -5,6 +5,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use super::admin::Role;
+
 /// Seconds a sender should wait before retrying when we could not store its request.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -30,8 +32,20 @@ pub enum ApiError {
     NotReady,
     #[error("no such route")]
     NotFound,
-    #[error("this route answers requests from the service's own host only")]
-    Forbidden,
+    #[error("{}", unauthenticated_text(.token_presented))]
+    AdminUnauthenticated { token_presented: bool },
+    #[error("this request needs the `{}` role", .needed.as_str())]
+    InsufficientRole { needed: Role },
+    #[error("the keys that sign admin tokens cannot be fetched; retry later")]
+    AuthUnavailable,
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("the cursor is not one this list handed out; start again without it")]
+    InvalidCursor,
+    #[error("no event has this id")]
+    UnknownEvent,
+    #[error("the store could not be read; retry later")]
+    StoreUnreadable,
     #[error("an upstream service did not answer; retry later")]
     UpstreamUnavailable,
     #[error("this method is not allowed here; use {allow}")]
@@ -51,10 +65,24 @@ impl ApiError {
             ApiError::StoreUnavailable => "store_unavailable",
             ApiError::NotReady => "not_ready",
             ApiError::NotFound => "not_found",
-            ApiError::Forbidden => "forbidden",
+            ApiError::AdminUnauthenticated { .. } => "unauthorized",
+            ApiError::InsufficientRole { .. } => "insufficient_role",
+            ApiError::AuthUnavailable => "auth_unavailable",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
+            ApiError::InvalidCursor => "invalid_cursor",
+            ApiError::UnknownEvent => "unknown_event",
+            ApiError::StoreUnreadable => "store_unavailable",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
+    }
+}
+
+fn unauthenticated_text(token_presented: &bool) -> &'static str {
+    if *token_presented {
+        "the bearer token was not accepted"
+    } else {
+        "this route needs a bearer token (Authorization: Bearer ...)"
     }
 }
 
@@ -76,13 +104,19 @@ impl ResponseError for ApiError {
             ApiError::UnknownSource | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::MalformedPayload(_) | ApiError::InvalidDeliveryId | ApiError::UnreadableBody => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::StoreUnavailable | ApiError::NotReady | ApiError::UpstreamUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::MalformedPayload(_)
+            | ApiError::InvalidDeliveryId
+            | ApiError::UnreadableBody
+            | ApiError::InvalidParameter(_)
+            | ApiError::InvalidCursor => StatusCode::BAD_REQUEST,
+            ApiError::StoreUnavailable
+            | ApiError::NotReady
+            | ApiError::UpstreamUnavailable
+            | ApiError::AuthUnavailable
+            | ApiError::StoreUnreadable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::AdminUnauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientRole { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnknownEvent => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -90,11 +124,30 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::StoreUnavailable | ApiError::NotReady | ApiError::UpstreamUnavailable => {
+            ApiError::StoreUnavailable
+            | ApiError::NotReady
+            | ApiError::UpstreamUnavailable
+            | ApiError::AuthUnavailable
+            | ApiError::StoreUnreadable => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
             }
             ApiError::Unauthenticated => {
                 response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Signature")));
+            }
+            // RFC 6750: the realm always; an error only when a token was presented.
+            ApiError::AdminUnauthenticated { token_presented } => {
+                let challenge = if *token_presented {
+                    "Bearer realm=\"grantbridge\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"grantbridge\""
+                };
+                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+            }
+            ApiError::InsufficientRole { .. } => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"grantbridge\", error=\"insufficient_scope\""),
+                ));
             }
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));

@@ -1,5 +1,6 @@
 //! HTTP surface: routes, shared state and the server's lifecycle.
 
+pub mod admin;
 mod error;
 mod health;
 mod plan;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub intake: Intake,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// Checks the credentials of every `/v1/` request.
+    pub admin: Arc<admin::AdminAuth>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,6 +45,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(plan::plan))
             .default_service(web::to(|| method_not_allowed("POST"))),
     )
+    .configure(admin::routes)
     .service(read_only("/healthz").route(web::get().to(health::healthz)).route(web::head().to(health::healthz)))
     .service(read_only("/readyz").route(web::get().to(health::readyz)).route(web::head().to(health::readyz)))
     .service(read_only("/metrics").route(web::get().to(health::metrics)).route(web::head().to(health::metrics)))

@@ -1,14 +1,13 @@
-//! `POST /v1/plan`: what a ticket payload would cause, without storing or executing anything.
-//!
-//! Until the authenticated admin API exists it answers loopback peers only, so an operator can use it from
-//! the host (or `kubectl port-forward`) but nobody on the network can probe the policy.
+//! `POST /v1/plan`: what a ticket payload would cause, without storing or executing anything. Like every
+//! admin route it needs a token with the read role: the answer shows the policy and the people it names.
 
 use std::time::SystemTime;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
 use super::AppState;
+use super::admin::{Authorized, Read};
 use super::error::ApiError;
 use super::webhooks::read_body;
 use crate::decide::decide_offline;
@@ -28,13 +27,10 @@ pub struct PlanRequest {
 
 #[tracing::instrument(name = "plan", skip_all)]
 pub async fn plan(
-    request: HttpRequest,
+    _: Authorized<Read>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !request.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
-        return Err(ApiError::Forbidden);
-    }
     let body = read_body(payload, PLAN_BODY_LIMIT).await?;
     let parsed: PlanRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::MalformedPayload(format!("expected {{\"source\", \"payload\", \"confirm\"}}: {e}")))?;

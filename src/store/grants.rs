@@ -75,7 +75,7 @@ pub enum JobResult {
     Dead { error: String },
 }
 
-type GrantRow = (
+pub(super) type GrantRow = (
     String,
     String,
     String,
@@ -94,10 +94,10 @@ type GrantRow = (
     i64,
 );
 
-const GRANT_COLUMNS: &str = "id, event_id, source, ticket_key, rule, kind, target, label, principal_id,
+pub(super) const GRANT_COLUMNS: &str = "id, event_id, source, ticket_key, rule, kind, target, label, principal_id,
     requested_duration_secs, expires_at_ms, state, upstream_id, last_error, created_at_ms, updated_at_ms";
 
-fn grant_from(row: GrantRow) -> GrantRecord {
+pub(super) fn grant_from(row: GrantRow) -> GrantRecord {
     let (
         id,
         event_id,

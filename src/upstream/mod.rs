@@ -10,6 +10,7 @@ pub(crate) mod url;
 pub use budget::WriteBudget;
 pub use client::{USER_AGENT, http_client, try_http_client};
 pub use error::UpstreamError;
+pub(crate) use retry::days_from_civil;
 pub use retry::{
     Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry, send_with_retry_paced,
 };

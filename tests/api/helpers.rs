@@ -3,6 +3,7 @@
 use actix_web::dev::ServerHandle;
 use grantbridge::startup::Application;
 use grantbridge::store::Store;
+use sha2::{Digest, Sha256};
 
 use crate::common::{Backend, TempDir, TestDb, fixture, settings_from};
 
@@ -17,6 +18,11 @@ pub const JWT_AUDIENCE: &str = "grantbridge";
 pub const CONNECT_KEY: &str = "jira:1c2d3e4f";
 pub const CONNECT_SECRET: &str = "connect-shared-secret";
 pub const AUTOMATION_TOKEN: &str = "automation-static-token";
+/// Static admin tokens of the test config, configured by their SHA-256 only.
+pub const READ_TOKEN: &str = "gb-admin-read-0f6c2d9e7a1b4c3d";
+pub const OPERATE_TOKEN: &str = "gb-admin-operate-8e2a5c7d1f3b9a64";
+pub const READ_TOKEN_NAME: &str = "ci-reader";
+pub const OPERATE_TOKEN_NAME: &str = "on-call";
 
 pub struct TestApp {
     pub address: String,
@@ -148,7 +154,33 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, "").await
 }
 
+/// `[[admin.tokens]]` for the read and operate test tokens.
+pub fn admin_tokens() -> String {
+    let hash = |token: &str| hex::encode(Sha256::digest(token.as_bytes()));
+    format!(
+        r#"
+[[admin.tokens]]
+name = "{READ_TOKEN_NAME}"
+sha256 = "{}"
+role = "read"
+
+[[admin.tokens]]
+name = "{OPERATE_TOKEN_NAME}"
+sha256 = "{}"
+role = "operate"
+"#,
+        hash(READ_TOKEN),
+        hash(OPERATE_TOKEN)
+    )
+}
+
+/// The test app with the static admin tokens; `extra` may add `[admin.entra]`.
 pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestApp {
+    spawn_app_configured(backend, &format!("{}{extra}", admin_tokens())).await
+}
+
+/// The test app with `extra` and nothing else: no `[admin]` unless `extra` has one.
+pub async fn spawn_app_configured(backend: Backend, extra: &str) -> TestApp {
     let db = TestDb::new(backend).await;
     let secrets = TempDir::new();
     let settings = settings_from(&test_config(&secrets, extra), &db);

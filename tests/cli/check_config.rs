@@ -16,6 +16,7 @@ fn the_quickstart_config_checks_out() {
     assert!(stdout.contains("source jira (jira): jira_hub_signature"), "{stdout}");
     assert!(stdout.contains("source servicenow (servicenow): hmac_sha256"), "{stdout}");
     assert!(!stdout.contains("secret-value"), "secret values are never printed");
+    assert!(stdout.contains("admin:    not configured: every /v1/ route answers 401"), "{stdout}");
 }
 
 const SOURCE: &str = "[sources.jira]\nkind = \"jira\"\n[[sources.jira.verify]]\nscheme = \"jira_hub_signature\"\nsecrets = [{ env = \"GB_TEST_SET\" }]\n";
@@ -46,6 +47,8 @@ fn broken() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("a rule whose group is not a GUID", format!("{SOURCE}[[policy.rules]]\nname = \"portal\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"EPM portal\"\n"), vec!["policy.rules[0] (portal).grants[0].group_id", "not an Entra object id"]),
         ("a PIM rule without a duration", format!("{SOURCE}[[policy.rules]]\nname = \"pim\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"pim_group\"\naccess = \"member\"\ngroup_id = \"6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90\"\n"), vec!["policy.rules[0] (pim)", "duration"]),
         ("a group by name without [entra]", format!("{SOURCE}[[policy.rules]]\nname = \"named\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"EPM - User Portal Access\"\n"), vec!["policy", "needs [entra]"]),
+        ("an admin token written in the config", format!("{SOURCE}[[admin.tokens]]\nname = \"ci\"\ntoken = \"hunter2-admin\"\nrole = \"read\"\n"), vec!["admin.tokens[0].token", "sha256"]),
+        ("an admin tenant given by domain", format!("{SOURCE}[admin.entra]\ntenant_id = \"contoso.onmicrosoft.com\"\naudiences = [\"api://grantbridge\"]\n"), vec!["admin.entra.tenant_id", "GUID"]),
         ("not TOML at all", "this is = = not toml".to_string(), vec![":1:"]),
     ]
 }

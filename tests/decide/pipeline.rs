@@ -3,6 +3,7 @@
 use grantbridge::startup::Application;
 use grantbridge::store::Store;
 use serde_json::{Value, json};
+use sha2::Digest;
 use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -118,6 +119,9 @@ async fn mount_not_found_users(fakes: &Fakes) {
         .await;
 }
 
+/// The admin token that may call `/v1/plan`; the config holds only its SHA-256.
+const PLAN_TOKEN: &str = "pipeline-plan-token-7b1e4c";
+
 /// The test service's config: fakes for every upstream, secrets in `dir`, `[workers]` as given (count 0 unless
 /// `workers` sets it: tests drive workers themselves).
 fn config(fakes: &Fakes, dir: &TempDir, rule_extra: &str, workers_extra: &str) -> String {
@@ -169,6 +173,11 @@ authority = "{entra}"
 graph_url = "{entra}/v1.0"
 arm_url = "{entra}"
 
+[[admin.tokens]]
+name = "planner"
+sha256 = "{planner}"
+role = "read"
+
 [[policy.rules]]
 name = "portal-access"
 request_types = ["Permissions portal access"]
@@ -181,6 +190,7 @@ label = "EPM - User Portal Access"
         jira = fakes.jira.uri(),
         servicenow = fakes.servicenow.uri(),
         entra = fakes.entra.uri(),
+        planner = hex::encode(sha2::Sha256::digest(PLAN_TOKEN.as_bytes())),
     )
 }
 
@@ -364,6 +374,7 @@ async fn plan_over_http_offline_and_confirmed() {
     let ask = |confirm: bool| {
         app.client
             .post(format!("{}/v1/plan", app.address))
+            .bearer_auth(PLAN_TOKEN)
             .json(&json!({"source": "servicenow", "payload": payload, "confirm": confirm}))
             .send()
     };
@@ -378,15 +389,25 @@ async fn plan_over_http_offline_and_confirmed() {
     assert_eq!(confirmed["decision"]["principal"]["object_id"], RILEY_ID);
     assert_eq!(app.store.count_events().await.unwrap(), 0, "planning stores nothing");
 
+    let anonymous = app.client.post(format!("{}/v1/plan", app.address)).json(&json!({})).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "planning needs an admin token");
     let unknown = app
         .client
         .post(format!("{}/v1/plan", app.address))
+        .bearer_auth(PLAN_TOKEN)
         .json(&json!({"source": "nope", "payload": {}}))
         .send()
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
-    let bad = app.client.post(format!("{}/v1/plan", app.address)).body("{\"source\": 1}").send().await.unwrap();
+    let bad = app
+        .client
+        .post(format!("{}/v1/plan", app.address))
+        .bearer_auth(PLAN_TOKEN)
+        .body("{\"source\": 1}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert_eq!(body["error"]["code"], "malformed_payload");
