@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::callbacks::{CallbackSettings, CallbacksConfig};
 use crate::decide::PrincipalConfig;
 use crate::entra::{Entra, EntraConfig};
 use crate::inbound::normalize::TicketMappingConfig;
@@ -76,6 +77,8 @@ struct RawConfig {
     principals: PrincipalConfig,
     #[serde(default)]
     workers: RawWorkers,
+    #[serde(default)]
+    callbacks: CallbacksConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +168,8 @@ pub struct Settings {
     pub entra: Option<Entra>,
     pub principals: PrincipalConfig,
     pub workers: WorkerSettings,
+    /// `[callbacks]`: what is posted back to tickets.
+    pub callbacks: CallbackSettings,
 }
 
 /// `[workers]`: how events are decided in the background.
@@ -440,6 +445,8 @@ impl Settings {
         }
         let names: Vec<&str> = sources.iter().map(Source::name).collect();
         let policy = raw.policy.build(origin, &names)?;
+        let kinds: Vec<(&str, SourceKind)> = sources.iter().map(|s| (s.name(), s.kind())).collect();
+        let callbacks = raw.callbacks.build(&format!("{origin}: callbacks"), &kinds)?;
         let entra = raw.entra.map(|e| e.build(&format!("{origin}: entra"))).transpose()?;
         raw.principals.validate(&format!("{origin}: principals"))?;
         let workers = WorkerSettings {
@@ -464,6 +471,7 @@ impl Settings {
             entra,
             principals: raw.principals,
             workers,
+            callbacks,
         })
     }
 }

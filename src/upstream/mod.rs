@@ -8,7 +8,9 @@ pub(crate) mod url;
 
 pub use client::{USER_AGENT, http_client, try_http_client};
 pub use error::UpstreamError;
-pub use retry::{Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry};
+pub use retry::{
+    AttemptError, Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_once, send_with_retry,
+};
 
 /// Reads a 2xx body as JSON. Only for bodies that hold no secret: serde's messages may quote values.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
