@@ -100,17 +100,31 @@ impl JiraPoster<'_> {
             id if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => id,
             _ => key,
         };
-        let redelivery = callback.attempts > 1;
-        let earlier = if redelivery { self.find_marker(issue, key, &callback.id).await? } else { None };
-        let already = earlier.is_some();
+        let project = key.rsplit_once('-').map_or(key, |(p, _)| p);
+        let earlier = if callback.attempts > 1 { self.find_marker(issue, key, &callback.id).await? } else { None };
+        let posted_before = earlier.is_some();
+        // The transition is resolved before anything is posted: a name the workflow does not offer is a dead
+        // letter with nothing posted, not a comment without its transition.
+        let transition = match callback.transition.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            None => None,
+            Some(name) => match self.resolve(issue, key, project, name).await? {
+                Ok((id, fresh)) => Some(Planned { name, id, fresh }),
+                // Comments are posted before transitions: only a ticket that has our comment can have been
+                // moved on by us.
+                Err(available) => {
+                    unavailable(key, name, posted_before, &available)?;
+                    None
+                }
+            },
+        };
         let remote_id = match earlier {
             Some(id) => Some(id),
             None => self.post_comment(issue, key, callback).await?,
         };
-        if let Some(name) = callback.transition.as_deref().filter(|n| !n.trim().is_empty()) {
-            self.transition(issue, key, name, redelivery).await?;
+        if let Some(planned) = transition {
+            self.transition(issue, key, project, planned, posted_before).await?;
         }
-        Ok(Delivered { remote_id, already })
+        Ok(Delivered { remote_id, already: posted_before })
     }
 
     async fn send(&self, what: &str, key: &str, request: RequestBuilder) -> Result<Response, DeliveryError> {
@@ -198,19 +212,33 @@ impl JiraPoster<'_> {
         Ok(created.as_ref().and_then(|c| c.get("id")).map(id_text).filter(|id| !id.is_empty()))
     }
 
-    /// Makes the transition `name`. `redelivery`: an earlier attempt may have made it already, in which case it is
-    /// no longer offered from the issue's new status.
-    async fn transition(&self, issue: &str, key: &str, name: &str, redelivery: bool) -> Result<(), DeliveryError> {
-        let project = key.rsplit_once('-').map_or(key, |(p, _)| p);
-        let (id, fresh) = match self.cache.get(self.source, project, name) {
-            Some(id) => (id, false),
-            None => match self.lookup(issue, key, project, name).await? {
-                Ok(id) => (id, true),
-                Err(available) => return unavailable(key, name, redelivery, &available),
-            },
-        };
-        match self.post_transition(issue, key, &id).await {
-            Err(Refusal::Invalid(_)) if !fresh => {
+    /// The transition's id, from the cache or from Jira (`fresh`), or the names of the transitions offered.
+    async fn resolve(
+        &self,
+        issue: &str,
+        key: &str,
+        project: &str,
+        name: &str,
+    ) -> Result<Result<(String, bool), Vec<String>>, DeliveryError> {
+        if let Some(id) = self.cache.get(self.source, project, name) {
+            return Ok(Ok((id, false)));
+        }
+        Ok(self.lookup(issue, key, project, name).await?.map(|id| (id, true)))
+    }
+
+    /// Makes the transition; a cached id that Jira refuses is looked up once more. `posted_before`: an earlier
+    /// attempt posted the comment, and may have made the transition too.
+    async fn transition(
+        &self,
+        issue: &str,
+        key: &str,
+        project: &str,
+        planned: Planned<'_>,
+        posted_before: bool,
+    ) -> Result<(), DeliveryError> {
+        let name = planned.name;
+        match self.post_transition(issue, key, &planned.id).await {
+            Err(Refusal::Invalid(_)) if !planned.fresh => {
                 // The cached id belongs to another status or workflow: ask Jira once more.
                 self.cache.forget(self.source, project, name);
                 match self.lookup(issue, key, project, name).await? {
@@ -219,7 +247,7 @@ impl JiraPoster<'_> {
                         Err(Refusal::Invalid(e)) => Err(invalid(key, name, &e)),
                         Err(Refusal::Other(e)) => Err(e),
                     },
-                    Err(available) => unavailable(key, name, redelivery, &available),
+                    Err(available) => unavailable(key, name, posted_before, &available),
                 }
             }
             Ok(()) => Ok(()),
@@ -278,10 +306,18 @@ impl JiraPoster<'_> {
     }
 }
 
-/// A transition that is not offered: made by an earlier attempt when this is a redelivery, else a configuration
-/// the workflow does not match.
-fn unavailable(key: &str, name: &str, redelivery: bool, available: &[String]) -> Result<(), DeliveryError> {
-    if redelivery {
+/// A transition resolved before posting.
+struct Planned<'a> {
+    name: &'a str,
+    id: String,
+    /// Just read from Jira, not from the cache.
+    fresh: bool,
+}
+
+/// A transition that is not offered: made by an earlier attempt when that attempt posted our comment, else a
+/// configuration the workflow does not match.
+fn unavailable(key: &str, name: &str, posted_before: bool, available: &[String]) -> Result<(), DeliveryError> {
+    if posted_before {
         tracing::warn!(
             ticket = key,
             transition = name,

@@ -480,6 +480,199 @@ mod tests {
         assert_eq!(stable_code(""), "unknown");
     }
 
+    fn ticket(system: SourceKind) -> TicketRef {
+        let (source, key, id, table) = match system {
+            SourceKind::Jira => ("jira", "ACCESS-42", "10042", None),
+            SourceKind::Servicenow => ("snow", "RITM0010001", "a83820b58f723300e7e16c7827bdeed2", Some("sc_req_item")),
+        };
+        TicketRef {
+            source: source.into(),
+            system,
+            ticket_key: key.into(),
+            ticket_id: id.into(),
+            table: table.map(str::to_string),
+            principal: Some("ada@contoso.com".into()),
+        }
+    }
+
+    fn grant(id: &str, label: &str, kind: &str, expires_at_ms: Option<i64>) -> GrantRecord {
+        GrantRecord {
+            id: id.into(),
+            event_id: "ev-1".into(),
+            source: "jira".into(),
+            ticket_key: "ACCESS-42".into(),
+            rule: "portal-access".into(),
+            kind: kind.into(),
+            target: "{}".into(),
+            label: label.into(),
+            principal_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
+            requested_duration_secs: expires_at_ms.map(|_| 8 * 3600),
+            expires_at_ms,
+            state: "active".into(),
+            upstream_id: None,
+            last_error: Some("upstream answered 403 Authorization_RequestDenied: tenant secret detail".into()),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn granted_lists_each_grant_with_its_end_and_is_keyed_by_the_grants() {
+        let settings = CallbackSettings::default();
+        let a = grant("g-a", "EPM - User Portal Access", "group_member", None);
+        let b = grant("g-b", "Billing Administrators", "pim_group", Some(1_714_586_400_000));
+        let snow = settings.for_granted(&ticket(SourceKind::Servicenow), &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(
+            snow.message,
+            "Access granted for RITM0010001.\nada@contoso.com now has:\n\
+             - EPM - User Portal Access (Entra group membership), until revoked\n\
+             - Billing Administrators (PIM group assignment), until 2024-05-01 18:00 UTC\n\
+             The access stays in place until the times listed. Granted automatically by grantbridge (policy rule \
+             portal-access)."
+        );
+        assert_eq!((snow.ticket_state.as_deref(), snow.transition.as_deref()), (Some("3"), None));
+        assert_eq!(
+            (snow.kind.as_str(), snow.visibility.as_str(), snow.system.as_str()),
+            ("granted", "public", "servicenow")
+        );
+        assert_eq!((snow.event_id.as_str(), snow.grant_id.as_deref()), ("ev-1", None));
+        assert_eq!(snow.ticket_table.as_deref(), Some("sc_req_item"));
+        let reordered = settings.for_granted(&ticket(SourceKind::Servicenow), &[b.clone(), a.clone()]).unwrap();
+        assert_eq!(snow.id, reordered.id, "the same grants are the same outcome");
+        let one = settings.for_granted(&ticket(SourceKind::Jira), std::slice::from_ref(&b)).unwrap();
+        assert_eq!((one.grant_id.as_deref(), one.ticket_state.as_deref()), (Some("g-b"), None));
+        assert!(one.message.contains("stays in place until 2024-05-01 18:00 UTC."), "{}", one.message);
+        let mut extended = b.clone();
+        extended.expires_at_ms = Some(1_714_600_000_000);
+        assert_ne!(one.id, settings.for_granted(&ticket(SourceKind::Jira), &[extended]).unwrap().id);
+        assert!(settings.for_granted(&ticket(SourceKind::Jira), &[]).is_none());
+    }
+
+    #[test]
+    fn failures_post_the_label_a_stable_code_and_what_to_do_never_the_upstream_text() {
+        let settings = CallbackSettings::default();
+        let g = grant("g-a", "EPM - User Portal Access", "group_member", None);
+        let failed = settings
+            .for_failed(&ticket(SourceKind::Jira), std::slice::from_ref(&g), "Authorization_RequestDenied")
+            .unwrap();
+        assert!(failed.message.contains("- EPM - User Portal Access (Entra group membership)"), "{}", failed.message);
+        assert!(failed.message.contains("Error code: Authorization_RequestDenied"), "{}", failed.message);
+        assert!(
+            failed.message.contains("an Entra administrator should check its API permissions"),
+            "{}",
+            failed.message
+        );
+        assert!(!failed.message.contains("secret detail") && !failed.message.contains("upstream answered"));
+        assert_eq!(failed.visibility, "internal");
+        let odd = settings.for_failed(&ticket(SourceKind::Jira), &[g], "upstream answered 500: at Foo.bar()").unwrap();
+        assert!(odd.message.contains("Error code: unknown") && !odd.message.contains("Foo.bar"), "{}", odd.message);
+    }
+
+    #[test]
+    fn refusals_keep_our_sentence_but_not_an_upstream_answer() {
+        let settings = CallbackSettings::default();
+        let refused =
+            Refusal::new(RefusalCode::SelfApproval, "Ada approved their own request").in_rule("portal-access");
+        let cb = settings.for_refusal(&ticket(SourceKind::Jira), &refused, "ev-9").unwrap();
+        assert_eq!(
+            cb.message,
+            "No access was granted for ACCESS-42.\nReason (self_approval): Ada approved their own request\n\
+             Someone other than the requester and the person receiving access must approve; raise a new request.\n\
+             Decided automatically by grantbridge; nothing was changed in Microsoft Entra."
+        );
+        assert_eq!(
+            (cb.event_id.as_str(), cb.id.clone()),
+            ("ev-9", callback_id("jira", "ACCESS-42", "refused", "ev-9"))
+        );
+        let unavailable = Refusal::new(
+            RefusalCode::ConfirmationUnavailable,
+            "Jira refused to show the issue: upstream answered 401: Client must be authenticated",
+        );
+        let cb = settings.for_refusal(&ticket(SourceKind::Jira), &unavailable, "ev-9").unwrap();
+        assert!(
+            cb.message.contains("could not confirm the approval with Jira") && !cb.message.contains("401"),
+            "{}",
+            cb.message
+        );
+    }
+
+    #[test]
+    fn dry_runs_revocations_and_reminders() {
+        let settings = CallbackSettings::default();
+        let plan = Plan {
+            ticket_key: "ACCESS-42".into(),
+            principal: Some(Principal {
+                object_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
+                user_principal_name: Some("ada@contoso.com".into()),
+                display_name: None,
+            }),
+            grants: vec![crate::domain::PlannedGrant {
+                rule: "billing-admins-pim".into(),
+                target: GrantTarget::PimGroup { group_id: "g".into(), access: crate::domain::PimAccess::Member },
+                label: "Billing Administrators".into(),
+                duration: Some(Duration::from_secs(8 * 3600)),
+                reasons: vec![],
+            }],
+            dry_run: true,
+            confirmation: crate::domain::Confirmation::Skipped,
+            mode: "first_match".into(),
+            matched_rules: vec!["billing-admins-pim".into()],
+            notes: vec![],
+        };
+        let decision = Decision::Plan(plan.clone());
+        let dry = settings.for_decision(&ticket(SourceKind::Jira), &decision, "ev-1").unwrap();
+        assert!(dry.message.starts_with("Dry run for ACCESS-42: nothing was changed"), "{}", dry.message);
+        assert!(dry.message.contains("- Billing Administrators (PIM group assignment), for 8h"), "{}", dry.message);
+        assert_eq!(dry.visibility, "internal");
+        let executed = Decision::Plan(Plan { dry_run: false, ..plan });
+        assert!(settings.for_decision(&ticket(SourceKind::Jira), &executed, "ev-1").is_none());
+        assert!(
+            settings.for_decision(&ticket(SourceKind::Jira), &Decision::Ignored { reason: "x".into() }, "e").is_none()
+        );
+
+        let g = grant("g-a", "EPM - User Portal Access", "group_member", Some(1_714_586_400_000));
+        let revoked =
+            settings.for_revoked(&ticket(SourceKind::Jira), std::slice::from_ref(&g), "the access expired.").unwrap();
+        assert!(
+            revoked.message.starts_with("Access from ACCESS-42 has been removed: the access expired.\n"),
+            "{}",
+            revoked.message
+        );
+        let expiring = settings.for_expiring(&ticket(SourceKind::Jira), &[g]).unwrap();
+        assert!(expiring.message.contains("has this access until 2024-05-01 18:00 UTC:"), "{}", expiring.message);
+        assert_ne!(revoked.id, expiring.id);
+    }
+
+    #[test]
+    fn the_ticket_is_read_back_from_a_stored_decision() {
+        let detail = r#"{"ticket":{"source":"snow","system":"servicenow","ticket_key":"RITM0010001",
+            "ticket_id":"a83820b58f723300e7e16c7827bdeed2","table":"sc_req_item","url":null,"action":"approved",
+            "requested_for":{"id":"u1","email":"ada@contoso.com","name":"ada"},"approvals":[],"fields":{}},
+            "decision":{"outcome":"plan","principal":{"object_id":"oid","user_principal_name":"ada@contoso.onmicrosoft.com","display_name":"Ada"}}}"#;
+        let t = TicketRef::from_decision_detail(detail).unwrap();
+        assert_eq!(
+            (t.source.as_str(), t.system, t.ticket_key.as_str()),
+            ("snow", SourceKind::Servicenow, "RITM0010001")
+        );
+        assert_eq!(
+            (t.ticket_id.as_str(), t.table.as_deref()),
+            ("a83820b58f723300e7e16c7827bdeed2", Some("sc_req_item"))
+        );
+        assert_eq!(t.principal.as_deref(), Some("ada@contoso.onmicrosoft.com"), "the plan's principal comes first");
+        let refused = detail.replace(r#""outcome":"plan","principal":{"object_id":"oid","user_principal_name":"ada@contoso.onmicrosoft.com","display_name":"Ada"}"#, r#""outcome":"refused","code":"not_approved""#);
+        assert_eq!(TicketRef::from_decision_detail(&refused).unwrap().principal.as_deref(), Some("ada@contoso.com"));
+        assert_eq!(TicketRef::from_decision_detail(r#"{"ticket":null,"decision":{"outcome":"ignored"}}"#), None);
+        assert_eq!(TicketRef::from_decision_detail("{}"), None);
+    }
+
+    #[test]
+    fn a_kind_turned_off_yields_no_callback() {
+        let raw: super::super::templates::CallbacksConfig = toml::from_str("[refused]\nenabled = false").unwrap();
+        let settings = raw.build("callbacks", &[]).unwrap();
+        let refused = Refusal::new(RefusalCode::NotApproved, "x");
+        assert!(settings.for_refusal(&ticket(SourceKind::Jira), &refused, "e").is_none());
+    }
+
     #[test]
     fn ids_depend_on_every_part() {
         let a = callback_id("jira", "ACC-1", "granted", "g1");

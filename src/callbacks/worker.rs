@@ -60,20 +60,20 @@ impl CallbackerContext {
             wake,
         }
     }
+}
 
-    /// The wait before the attempt after `attempts` failed ones: the server's delay when it asked (clamped),
-    /// else exponential back-off; a little jitter so that replicas do not retry in step.
-    fn delay(&self, attempts: i64, asked: Option<Duration>) -> Duration {
-        let delay = match asked {
-            Some(asked) => asked.min(self.max_retry_after),
-            None => {
-                let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-                self.retry_base.saturating_mul(2u32.saturating_pow(exp)).min(self.retry_cap)
-            }
-        };
-        let jitter = u64::try_from(delay.as_millis() / 10).unwrap_or(0);
-        delay + Duration::from_millis(fastrand::u64(0..=jitter))
-    }
+/// The wait before the attempt after `attempts` failed ones: the server's delay when it asked (clamped to
+/// `max_asked`), else `base` doubling per attempt up to `cap`; a little jitter so that replicas do not retry in step.
+fn retry_delay(attempts: i64, asked: Option<Duration>, base: Duration, cap: Duration, max_asked: Duration) -> Duration {
+    let delay = match asked {
+        Some(asked) => asked.min(max_asked),
+        None => {
+            let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+            base.saturating_mul(2u32.saturating_pow(exp)).min(cap)
+        }
+    };
+    let jitter = u64::try_from(delay.as_millis() / 10).unwrap_or(0);
+    delay + Duration::from_millis(fastrand::u64(0..=jitter))
 }
 
 pub struct Callbacker {
@@ -121,7 +121,7 @@ impl Callbacker {
                 CallbackResult::Delivered { remote_id: delivered.remote_id }
             }
             Err(DeliveryError::Retry { after, reason }) if callback.attempts < ctx.max_attempts => {
-                let delay = ctx.delay(callback.attempts, after);
+                let delay = retry_delay(callback.attempts, after, ctx.retry_base, ctx.retry_cap, ctx.max_retry_after);
                 count("retry");
                 tracing::warn!(
                     error = %reason,
@@ -223,31 +223,23 @@ pub fn spawn_listener(store: &Store, wake: Arc<Notify>) -> Option<JoinHandle<()>
 mod tests {
     use super::*;
 
-    async fn ctx() -> CallbackerContext {
-        let dir = std::env::temp_dir().join(format!("gb-cb-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("db").display());
-        let store = Store::connect(&crate::config::DatabaseSettings::new(url)).await.unwrap();
-        CallbackerContext::new(
-            store,
-            &HashMap::new(),
-            Arc::new(CallbackSettings::default()),
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-            Arc::new(Metrics::default()),
-            Arc::new(Notify::new()),
-        )
-    }
-
-    #[tokio::test]
-    async fn back_off_doubles_to_its_cap_and_a_server_delay_wins_up_to_its_limit() {
-        let ctx = ctx().await;
-        let secs = |d: Duration| d.as_secs_f64();
-        assert!((10.0..=11.0).contains(&secs(ctx.delay(1, None))));
-        assert!((20.0..=22.0).contains(&secs(ctx.delay(2, None))));
-        assert!((900.0..=990.0).contains(&secs(ctx.delay(30, None))));
-        assert!((120.0..=132.0).contains(&secs(ctx.delay(1, Some(Duration::from_secs(120))))));
-        assert!((3600.0..=3960.0).contains(&secs(ctx.delay(1, Some(Duration::from_secs(86_400))))));
-        assert_eq!(ctx.delay(1, Some(Duration::ZERO)), Duration::ZERO);
+    #[test]
+    fn back_off_doubles_to_its_cap_and_a_server_delay_wins_up_to_its_limit() {
+        let delay = |attempts, asked: Option<u64>| {
+            let d = retry_delay(
+                attempts,
+                asked.map(Duration::from_secs),
+                Duration::from_secs(10),
+                Duration::from_secs(900),
+                Duration::from_secs(3600),
+            );
+            d.as_secs_f64()
+        };
+        assert!((10.0..=11.0).contains(&delay(1, None)));
+        assert!((20.0..=22.0).contains(&delay(2, None)));
+        assert!((900.0..=990.0).contains(&delay(30, None)));
+        assert!((120.0..=132.0).contains(&delay(1, Some(120))));
+        assert!((3600.0..=3960.0).contains(&delay(1, Some(86_400))));
+        assert_eq!(delay(1, Some(0)), 0.0);
     }
 }
