@@ -46,6 +46,9 @@ fn broken() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("a rule whose group is not a GUID", format!("{SOURCE}[[policy.rules]]\nname = \"portal\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"EPM portal\"\n"), vec!["policy.rules[0] (portal).grants[0].group_id", "not an Entra object id"]),
         ("a PIM rule without a duration", format!("{SOURCE}[[policy.rules]]\nname = \"pim\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"pim_group\"\naccess = \"member\"\ngroup_id = \"6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90\"\n"), vec!["policy.rules[0] (pim)", "duration"]),
         ("a group by name without [entra]", format!("{SOURCE}[[policy.rules]]\nname = \"named\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"EPM - User Portal Access\"\n"), vec!["policy", "needs [entra]"]),
+        ("a callback template with an unknown placeholder", format!("{SOURCE}[callbacks.granted]\ntemplate = \"{{ticket}} {{reasn}}\"\n"), vec!["callbacks.granted.template", "unknown placeholder {reasn}", "{until}"]),
+        ("callback settings for an unknown source", format!("{SOURCE}[callbacks.sources.zendesk]\nenabled = false\n"), vec!["callbacks.sources.zendesk", "there is no source `zendesk`"]),
+        ("an unknown kind of callback", format!("{SOURCE}[callbacks.approved]\ntemplate = \"x\"\n"), vec![":6:", "unknown field `approved`"]),
         ("not TOML at all", "this is = = not toml".to_string(), vec![":1:"]),
     ]
 }
