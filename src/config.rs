@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::callbacks::{CallbackSettings, CallbacksConfig};
 use crate::decide::PrincipalConfig;
 use crate::entra::{Entra, EntraConfig};
 use crate::http::admin::{AdminConfig, AdminSettings};
@@ -78,6 +79,8 @@ struct RawConfig {
     #[serde(default)]
     workers: RawWorkers,
     admin: Option<AdminConfig>,
+    #[serde(default)]
+    callbacks: CallbacksConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +174,8 @@ pub struct Settings {
     pub workers: WorkerSettings,
     /// `[admin]`: who may call the admin API; nobody without it.
     pub admin: AdminSettings,
+    /// `[callbacks]`: what is posted back to tickets.
+    pub callbacks: CallbackSettings,
 }
 
 /// `[workers]`: how events are decided in the background.
@@ -449,6 +454,8 @@ impl Settings {
         }
         let names: Vec<&str> = sources.iter().map(Source::name).collect();
         let policy = raw.policy.build(origin, &names)?;
+        let kinds: Vec<(&str, SourceKind)> = sources.iter().map(|s| (s.name(), s.kind())).collect();
+        let callbacks = raw.callbacks.build(&format!("{origin}: callbacks"), &kinds)?;
         let entra = raw.entra.map(|e| e.build(&format!("{origin}: entra"))).transpose()?;
         raw.principals.validate(&format!("{origin}: principals"))?;
         let admin = raw.admin.map(|a| a.build(&format!("{origin}: admin"))).transpose()?.unwrap_or_default();
@@ -481,6 +488,7 @@ impl Settings {
             principals: raw.principals,
             workers,
             admin,
+            callbacks,
         })
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     verification_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
+    callbacks: Mutex<BTreeMap<(String, String, &'static str), u64>>,
     duration: Histogram,
 }
 
@@ -55,6 +56,19 @@ impl Metrics {
         bump(&self.jobs, kind, outcome);
     }
 
+    /// `kind` is the callback kind (granted, refused, ...); `outcome` is delivered, already_delivered, retry or dead.
+    pub fn record_callback(&self, source: &str, kind: &str, outcome: &'static str) {
+        // Kinds are our own words, but they come back from the database: anything unexpected is not a label.
+        let kind = if !kind.is_empty() && kind.len() <= 32 && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            kind
+        } else {
+            "other"
+        };
+        let mut map = self.callbacks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry((source.to_string(), kind.to_string(), outcome)).or_insert(0) += 1;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
@@ -85,6 +99,18 @@ impl Metrics {
             ("kind", "outcome"),
             &self.jobs,
         );
+        let name = "grantbridge_callbacks_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Ticket callbacks by source, kind and outcome (delivered, already_delivered, retry, dead)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        {
+            let map = self.callbacks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for ((source, kind, outcome), n) in map.iter() {
+                let _ = writeln!(out, "{name}{{source=\"{source}\",kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            }
+        }
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -142,5 +168,17 @@ mod tests {
         assert!(text.contains("duration_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
         assert!(text.contains("duration_seconds_bucket{le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("duration_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn callbacks_are_counted_by_source_kind_and_outcome() {
+        let m = Metrics::default();
+        m.record_callback("jira", "granted", "delivered");
+        m.record_callback("jira", "granted", "delivered");
+        m.record_callback("snow", "Bad\"kind", "dead");
+        let text = m.render();
+        assert!(text.contains("# TYPE grantbridge_callbacks_total counter"), "{text}");
+        assert!(text.contains("grantbridge_callbacks_total{source=\"jira\",kind=\"granted\",outcome=\"delivered\"} 2"));
+        assert!(text.contains("grantbridge_callbacks_total{source=\"snow\",kind=\"other\",outcome=\"dead\"} 1"));
     }
 }

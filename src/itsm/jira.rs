@@ -208,6 +208,20 @@ impl JiraClient {
         }
     }
 
+    /// The HTTP client, for writers that keep their own retry schedule (ticket callbacks).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `request` signed in as this client's account, asking for JSON.
+    pub(crate) fn authorize(&self, request: RequestBuilder) -> RequestBuilder {
+        let request = request.header(ACCEPT, "application/json");
+        match &self.auth {
+            JiraAuth::Basic { email, api_token } => request.basic_auth(email, Some(api_token.expose())),
+            JiraAuth::Bearer { token } => request.bearer_auth(token.expose()),
+        }
+    }
+
     async fn send(
         &self,
         operation: &'static str,

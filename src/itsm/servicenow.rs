@@ -199,6 +199,36 @@ impl ServiceNowClient {
         }))
     }
 
+    /// The HTTP client, for writers that keep their own retry schedule (ticket callbacks).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `request` signed in as this client's account (with a cached OAuth token when OAuth is configured),
+    /// asking for JSON.
+    pub(crate) async fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, UpstreamError> {
+        let request = request.header(ACCEPT, "application/json");
+        Ok(match &self.auth {
+            ServiceNowAuth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
+            ServiceNowAuth::OAuth { .. } => {
+                let token = self.tokens.get(TOKEN_KEY, || self.fetch_token()).await?;
+                request.bearer_auth(token.expose())
+            }
+        })
+    }
+
+    /// After a 401: forgets the cached OAuth token, so the next request fetches a new one. Returns whether there was
+    /// a token to forget (basic auth has none, and a 401 is then final).
+    pub(crate) async fn forget_token(&self) -> bool {
+        match &self.auth {
+            ServiceNowAuth::Basic { .. } => false,
+            ServiceNowAuth::OAuth { .. } => {
+                self.tokens.invalidate(TOKEN_KEY).await;
+                true
+            }
+        }
+    }
+
     async fn send(
         &self,
         operation: &'static str,

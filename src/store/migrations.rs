@@ -10,6 +10,7 @@ pub(super) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../migrations/sqlite/0001_events.sql") },
     Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/sqlite/0002_decisions.sql") },
     Migration { version: 3, name: "grants", sql: include_str!("../../migrations/sqlite/0003_grants.sql") },
+    Migration { version: 5, name: "callbacks", sql: include_str!("../../migrations/sqlite/0005_callbacks.sql") },
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/sqlite/0006_job_batches.sql") },
 ];
 
@@ -17,6 +18,7 @@ pub(super) const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../migrations/postgres/0001_events.sql") },
     Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/postgres/0002_decisions.sql") },
     Migration { version: 3, name: "grants", sql: include_str!("../../migrations/postgres/0003_grants.sql") },
+    Migration { version: 5, name: "callbacks", sql: include_str!("../../migrations/postgres/0005_callbacks.sql") },
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/postgres/0006_job_batches.sql") },
 ];
 

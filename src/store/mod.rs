@@ -3,6 +3,7 @@
 //! Both backends run the same SQL where the dialects agree (sqlx's SQLite driver accepts `$N` placeholders),
 //! so behaviour cannot drift between them; `on_pool!` expands one body for each.
 
+mod callbacks;
 mod decisions;
 mod grants;
 mod migrations;
@@ -20,6 +21,7 @@ use crate::config::DatabaseSettings;
 use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
+pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, batch_key};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
@@ -338,6 +340,8 @@ pub const WORK_CHANNEL: &str = "grantbridge_work";
 pub const WORK_EVENTS: &str = "events";
 /// Payload: new grant jobs to execute.
 pub const WORK_JOBS: &str = "jobs";
+/// Payload: new ticket callbacks to deliver.
+pub const WORK_CALLBACKS: &str = "callbacks";
 
 /// On PostgreSQL, tells every replica's listener that there is work (delivered when the transaction commits);
 /// SQLite has one process, whose workers the in-process notifier wakes.

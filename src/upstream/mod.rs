@@ -12,7 +12,8 @@ pub use client::{USER_AGENT, http_client, try_http_client};
 pub use error::UpstreamError;
 pub(crate) use retry::days_from_civil;
 pub use retry::{
-    Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_with_retry, send_with_retry_paced,
+    AttemptError, Backoff, RetryPolicy, Verdict, classify, classify_transport, retry_after, send_once, send_with_retry,
+    send_with_retry_paced,
 };
 
 /// Reads a 2xx body as JSON. Only for bodies that hold no secret: serde's messages may quote values.

@@ -233,6 +233,61 @@ where
     }
 }
 
+/// Why one attempt failed, for callers that keep their own durable retry schedule (ticket callbacks): the retry
+/// table applied, with no waiting in process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptError {
+    /// Worth another attempt later; `after` is the delay the upstream asked for, if it asked.
+    Retry { status: Option<StatusCode>, after: Option<Duration>, detail: String },
+    /// Another attempt would fail the same way (4xx other than 408/429, or a request that cannot be sent).
+    Refused(UpstreamError),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Retry { detail, .. } => f.write_str(detail),
+            AttemptError::Refused(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Sends `request` once and classifies a failure with the same table as [`send_with_retry`], keeping the
+/// server's requested delay (`Retry-After`, `X-RateLimit-Reset`) for the caller to schedule by.
+pub async fn send_once(upstream: &str, request: RequestBuilder) -> Result<Response, AttemptError> {
+    match request.send().await {
+        Ok(response) if response.status().is_success() => Ok(response),
+        Ok(response) => {
+            let status = response.status();
+            match classify(status, response.headers()) {
+                Verdict::Permanent => {
+                    let headers = response.headers().clone();
+                    let body = response.bytes().await.unwrap_or_default();
+                    let error = UpstreamError::from_response_parts(status, &headers, &body);
+                    tracing::debug!(upstream, status = status.as_u16(), error = %error, "upstream refused");
+                    Err(AttemptError::Refused(error))
+                }
+                Verdict::Retry { after } => {
+                    let mut detail = format!("{upstream} answered {}", status.as_u16());
+                    if let Some(id) = request_id(response.headers()) {
+                        detail.push_str(&format!(" (request-id {id})"));
+                    }
+                    Err(AttemptError::Retry { status: Some(status), after, detail })
+                }
+            }
+        }
+        Err(error) => {
+            let (text, verdict) = transport_text(error);
+            match verdict {
+                Verdict::Permanent => Err(AttemptError::Refused(UpstreamError::Transport(text))),
+                Verdict::Retry { after } => {
+                    Err(AttemptError::Retry { status: None, after, detail: format!("{upstream}: {text}") })
+                }
+            }
+        }
+    }
+}
+
 /// Describes a transport error without its URL (ours never carry secrets, but a query string can be long), and
 /// remembers whether it was retryable.
 fn transport_text(error: reqwest::Error) -> (String, Verdict) {

@@ -49,6 +49,9 @@ fn broken() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("a group by name without [entra]", format!("{SOURCE}[[policy.rules]]\nname = \"named\"\nrequest_types = [\"x\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_name = \"EPM - User Portal Access\"\n"), vec!["policy", "needs [entra]"]),
         ("an admin token written in the config", format!("{SOURCE}[[admin.tokens]]\nname = \"ci\"\ntoken = \"hunter2-admin\"\nrole = \"read\"\n"), vec!["admin.tokens[0].token", "sha256"]),
         ("an admin tenant given by domain", format!("{SOURCE}[admin.entra]\ntenant_id = \"contoso.onmicrosoft.com\"\naudiences = [\"api://grantbridge\"]\n"), vec!["admin.entra.tenant_id", "GUID"]),
+        ("a callback template with an unknown placeholder", format!("{SOURCE}[callbacks.granted]\ntemplate = \"{{ticket}} {{reasn}}\"\n"), vec!["callbacks.granted.template", "unknown placeholder {reasn}", "{until}"]),
+        ("callback settings for an unknown source", format!("{SOURCE}[callbacks.sources.zendesk]\nenabled = false\n"), vec!["callbacks.sources.zendesk", "there is no source `zendesk`"]),
+        ("an unknown kind of callback", format!("{SOURCE}[callbacks.approved]\ntemplate = \"x\"\n"), vec![":6:", "unknown field `approved`"]),
         ("not TOML at all", "this is = = not toml".to_string(), vec![":1:"]),
     ]
 }

@@ -2,6 +2,7 @@
 //! are documented to: real HTTP, real retries, short waits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod callbacks;
 mod credentials;
 mod graph;
 mod helpers;
