@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::callbacks::{Callbacker, CallbackerContext};
 use crate::config::Settings;
 use crate::decide::Decider;
 use crate::http::admin::AdminAuth;
@@ -33,6 +34,7 @@ pub struct Application {
     workers: Workers,
     work: Arc<WorkerContext>,
     exec: Option<Arc<ExecutorContext>>,
+    callbacks: Option<Arc<CallbackerContext>>,
 }
 
 impl Application {
@@ -67,6 +69,19 @@ impl Application {
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
         let metrics = Arc::new(Metrics::default());
         let jobs_wake = Arc::new(Notify::new());
+        let callbacks_wake = Arc::new(Notify::new());
+        let callback_settings = Arc::new(settings.callbacks);
+        let callbacks = sources.values().any(|s| s.api().is_some()).then(|| {
+            Arc::new(CallbackerContext::new(
+                store.clone(),
+                &sources,
+                callback_settings.clone(),
+                settings.workers.lease,
+                settings.workers.poll,
+                metrics.clone(),
+                callbacks_wake.clone(),
+            ))
+        });
         let providers = settings.entra.as_ref().map(|e| {
             let providers = Providers::from_entra(e, e.arm_url.clone())
                 .with_concurrency(settings.workers.graph_concurrency, settings.workers.arm_concurrency);
@@ -85,6 +100,8 @@ impl Application {
                 max_attempts: settings.workers.max_attempts,
                 metrics: metrics.clone(),
                 wake: jobs_wake.clone(),
+                callbacks: callback_settings.clone(),
+                callbacks_wake: callbacks_wake.clone(),
             })
         });
         let decider = Decider {
@@ -100,6 +117,8 @@ impl Application {
             metrics: metrics.clone(),
             wake,
             jobs_wake,
+            callbacks: callback_settings,
+            callbacks_wake,
         });
         if settings.admin.is_open_to_nobody() {
             tracing::info!("no [admin] section: every /v1/ route answers 401");
@@ -108,8 +127,8 @@ impl Application {
         let state =
             AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics, admin };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
-        let workers = Workers::spawn(work.clone(), exec.clone());
-        Ok(Application { port, server, intake_writer, store, workers, work, exec })
+        let workers = Workers::spawn(work.clone(), exec.clone(), callbacks.clone());
+        Ok(Application { port, server, intake_writer, store, workers, work, exec, callbacks })
     }
 
     pub fn port(&self) -> u16 {
@@ -128,6 +147,11 @@ impl Application {
     /// An executor of this application's own (when an Entra tenant is configured), for tests.
     pub fn executor(&self) -> Option<Executor> {
         self.exec.clone().map(|ctx| Executor::new(ctx, usize::MAX))
+    }
+
+    /// A callbacker of this application's own (when a source has a ticketing API), for tests.
+    pub fn callbacker(&self) -> Option<Callbacker> {
+        self.callbacks.clone().map(|ctx| Callbacker::new(ctx, usize::MAX))
     }
 
     /// Serves until the handle stops the server, then lets the intake writer finish what it holds.

@@ -12,4 +12,4 @@ mod worker;
 pub use deliver::{Delivered, Deliverer, DeliveryError, marker_line};
 pub use render::{TicketRef, callback_id};
 pub use templates::{CallbackSettings, CallbacksConfig, JiraComments, Kind, KindSettings, Template, Visibility};
-pub use worker::{Callbacker, CallbackerContext, spawn_callbackers, spawn_listener};
+pub use worker::{Callbacker, CallbackerContext, spawn_callbackers};

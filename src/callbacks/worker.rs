@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -14,7 +13,7 @@ use super::deliver::{Deliverer, DeliveryError};
 use super::templates::CallbackSettings;
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
-use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError, WORK_CALLBACKS, WORK_CHANNEL};
+use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
 use crate::worker::{Step, drain, run_until_stopped};
 
 /// What callbackers need; shared by all callbackers of a process.
@@ -189,34 +188,6 @@ pub fn spawn_callbackers(
             tokio::spawn(run_until_stopped(callbacker, ctx.wake.clone(), ctx.poll, stop.clone()))
         })
         .collect()
-}
-
-/// On PostgreSQL, wakes `wake` when any replica enqueues callbacks (a lost notification costs one poll interval).
-/// `None` on SQLite, where enqueuers wake the callbackers of their own process.
-pub fn spawn_listener(store: &Store, wake: Arc<Notify>) -> Option<JoinHandle<()>> {
-    let Store::Postgres(pool) = store else { return None };
-    let pool = pool.clone();
-    Some(tokio::spawn(async move {
-        loop {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(WORK_CHANNEL).await {
-                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for callback notifications; polling meanwhile"),
-                    Ok(()) => loop {
-                        match listener.recv().await {
-                            Ok(n) if n.payload() == WORK_CALLBACKS => wake.notify_waiters(),
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "callback notifications interrupted; polling meanwhile");
-                                break;
-                            }
-                        }
-                    },
-                },
-                Err(e) => tracing::warn!(error = %e, "cannot connect to listen for callback notifications"),
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    }))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{NewGrant, Store, StoreError, WORK_JOBS, notify_replicas, on_pool, parse_event_id};
+use super::callbacks::enqueue_callbacks;
+use super::{NewCallback, NewGrant, Store, StoreError, WORK_JOBS, notify_replicas, on_pool, parse_event_id};
 use crate::domain::EventId;
 
 /// An event leased to a worker for deciding.
@@ -46,13 +47,15 @@ const CLAIM_ABANDONED: &str = "UPDATE events
                  ORDER BY received_at_ms LIMIT $4 {lock})
     RETURNING id, source, body, delivery_id, received_at_ms, attempts";
 
-/// A decision to record: for which event, the event's new state, the decision, and the grants it asks for.
+/// A decision to record: for which event, the event's new state, the decision, the grants it asks for, and what
+/// to post to the ticket now (a refusal, a dry run's plan; a plan to execute is reported when its grants are done).
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
     pub event: EventId,
     pub state: &'static str,
     pub decision: StoredDecision,
     pub grants: Vec<NewGrant>,
+    pub callbacks: Vec<NewCallback>,
 }
 
 impl Store {
@@ -110,7 +113,8 @@ impl Store {
         decision: &StoredDecision,
         grants: &[NewGrant],
     ) -> Result<bool, StoreError> {
-        let record = DecisionRecord { event, state, decision: decision.clone(), grants: grants.to_vec() };
+        let record =
+            DecisionRecord { event, state, decision: decision.clone(), grants: grants.to_vec(), callbacks: Vec::new() };
         let kept = self.record_decisions(std::slice::from_ref(&record), owner).await?;
         Ok(kept.first().copied().unwrap_or(false))
     }
@@ -188,6 +192,11 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                         queued_jobs = true;
+                    }
+                }
+                for (record, kept) in records.iter().zip(&kept) {
+                    if *kept && !record.callbacks.is_empty() {
+                        enqueue_callbacks(self, &mut tx, &record.callbacks, record.decision.decided_at_ms).await?;
                     }
                 }
                 if queued_jobs {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreError, on_pool};
+use super::callbacks::enqueue_callbacks;
+use super::{NewCallback, Store, StoreError, on_pool};
 
 /// A grant a plan asked for, before it is stored.
 #[derive(Debug, Clone)]
@@ -62,6 +63,15 @@ pub struct ClaimedJob {
     /// Jobs with the same key can be executed by one upstream call.
     pub batch_key: Option<String>,
     pub grant: GrantRecord,
+}
+
+/// What a finished batch settled, for the ticket to be told.
+#[derive(Debug, Clone, Copy)]
+pub enum Settled<'a> {
+    /// Every grant of the event's plan has been executed: each is now `active` or `failed`.
+    Executed { decision_detail: &'a str, grants: &'a [GrantRecord] },
+    /// The grant has been revoked upstream.
+    Revoked { decision_detail: &'a str, grant: &'a GrantRecord },
 }
 
 /// How a job ended.
@@ -291,6 +301,25 @@ impl Store {
         owner: &str,
         now_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
+        Ok(self.finish_jobs_reporting(outcomes, owner, now_ms, &|_| Vec::new()).await?.0)
+    }
+
+    /// [`Store::finish_jobs`], and in the same transaction the callbacks `report` renders for what is now settled:
+    /// each event whose grants have all been executed (active or failed), each grant whose revocation is done.
+    /// Returns, with the kept flags, how many callbacks were new.
+    pub async fn finish_jobs_reporting(
+        &self,
+        outcomes: &[(&ClaimedJob, JobResult)],
+        owner: &str,
+        now_ms: i64,
+        report: &(dyn Fn(Settled<'_>) -> Vec<NewCallback> + Sync),
+    ) -> Result<(Vec<bool>, u64), StoreError> {
+        // On PostgreSQL, two executors finishing an event's last two grants must not both see the other's pending.
+        let lock_event = match self {
+            Store::Postgres(_) => "SELECT id FROM events WHERE id = $1 FOR UPDATE",
+            Store::Sqlite(_) => "SELECT id FROM events WHERE id = $1",
+        };
+        let grants_of_event = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE event_id = $1");
         on_pool!(
             self,
             background | pool,
@@ -341,8 +370,54 @@ impl Store {
                     };
                     grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
                 }
+                let finished = |(job, result): &&(&ClaimedJob, JobResult)| {
+                    !matches!(result, JobResult::Retry { .. }) && job.kind == "grant"
+                };
+                let mut events: Vec<&str> = outcomes
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(o, k)| **k && finished(o))
+                    .map(|((job, _), _)| job.grant.event_id.as_str())
+                    .collect();
+                events.sort_unstable();
+                events.dedup();
+                let mut callbacks = Vec::new();
+                for event_id in events {
+                    sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
+                    let pending: i64 =
+                        sqlx::query_scalar("SELECT COUNT(*) FROM grants WHERE event_id = $1 AND state = 'pending'")
+                            .bind(event_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if pending > 0 {
+                        continue;
+                    }
+                    let detail: Option<String> = sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                        .bind(event_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
+                        .bind(event_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
+                    let detail = detail.unwrap_or_default();
+                    callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
+                }
+                for ((job, result), kept) in outcomes.iter().zip(&kept) {
+                    if *kept && job.kind == "revoke" && matches!(result, JobResult::Done { .. }) {
+                        let detail: Option<String> =
+                            sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                                .bind(&job.grant.event_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        let detail = detail.unwrap_or_default();
+                        callbacks.extend(report(Settled::Revoked { decision_detail: &detail, grant: &job.grant }));
+                    }
+                }
+                let added = enqueue_callbacks(self, &mut tx, &callbacks, now_ms).await?;
                 tx.commit().await?;
-                Ok(kept)
+                Ok((kept, added))
             }
         )
     }

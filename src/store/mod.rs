@@ -23,7 +23,7 @@ use crate::inbound::unix_millis;
 
 pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
-pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, batch_key};
+pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
 
 #[derive(Clone)]

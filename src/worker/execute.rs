@@ -10,14 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use super::{Step, drain, retry_delay, with_heartbeat};
+use crate::callbacks::{CallbackSettings, TicketRef};
 use crate::domain::GrantTarget;
 use crate::inbound::{Source, SourceKind, unix_millis};
 use crate::metrics::Metrics;
 use crate::providers::{GrantOutcome, GrantRequest, MAX_MEMBERS_PER_PATCH, ProviderError, Providers};
-use crate::store::{ClaimedJob, JobResult, Leased, Store, StoreError};
+use crate::store::{ClaimedJob, GrantRecord, JobResult, Leased, NewCallback, Settled, Store, StoreError};
 
 /// How long a batch that is not full waits for more adds to the same group before it is sent.
-pub const BATCH_FILL_WINDOW: Duration = Duration::from_millis(50);
+pub const BATCH_FILL_WINDOW: Duration = Duration::from_millis(150);
 /// The longest a batch waits to fill while the write budget has no token for it.
 const MAX_FILL_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting batch looks for more.
@@ -33,6 +34,10 @@ pub struct ExecutorContext {
     pub metrics: Arc<Metrics>,
     /// Notified when a decision queued new jobs.
     pub wake: Arc<Notify>,
+    /// What is posted back to tickets once their grants are done.
+    pub callbacks: Arc<CallbackSettings>,
+    /// Notified when callbacks were enqueued.
+    pub callbacks_wake: Arc<Notify>,
 }
 
 pub struct Executor {
@@ -59,7 +64,11 @@ impl Executor {
                 .await;
         let now = unix_millis(SystemTime::now());
         let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
-        let kept = self.ctx.store.finish_jobs(&outcomes, &self.id, now).await?;
+        let report = |settled: Settled<'_>| self.report(settled);
+        let (kept, callbacks) = self.ctx.store.finish_jobs_reporting(&outcomes, &self.id, now, &report).await?;
+        if callbacks > 0 {
+            self.ctx.callbacks_wake.notify_one();
+        }
         for ((job, _), kept) in outcomes.iter().zip(kept) {
             if !kept {
                 tracing::warn!(job = %job.id, "lease lost while executing: another executor took the job over");
@@ -144,7 +153,7 @@ impl Executor {
                 Err(result) => result,
                 Ok(request) if batchable(job, &request) => match answers.next() {
                     Some((_, outcome)) => self.settle(job, &request, outcome),
-                    None => self.dead(job, "the batch ended without an answer for this grant".into()),
+                    None => self.dead(job, "internal: the batch ended without an answer for this grant".into()),
                 },
                 Ok(request) => self.execute_one(job, &request).await,
             };
@@ -157,9 +166,9 @@ impl Executor {
     fn request(&self, job: &ClaimedJob) -> Result<GrantRequest, JobResult> {
         let grant = &job.grant;
         let target: GrantTarget = serde_json::from_str(&grant.target)
-            .map_err(|e| self.dead(job, format!("the stored target cannot be read: {e}")))?;
+            .map_err(|e| self.dead(job, format!("invalid_target: the stored target cannot be read: {e}")))?;
         if job.kind != "grant" && job.kind != "revoke" {
-            return Err(self.dead(job, format!("unknown job kind `{}`", job.kind)));
+            return Err(self.dead(job, format!("invalid_job: unknown job kind `{}`", job.kind)));
         }
         let system = match self.ctx.sources.get(&grant.source).map(|s| s.kind()) {
             Some(SourceKind::Servicenow) => "ServiceNow",
@@ -218,6 +227,36 @@ impl Executor {
         }
     }
 
+    /// What the ticket is told about what a batch settled: the grants made and those that failed, or a revocation.
+    /// Nothing for a source without a ticketing API.
+    fn report(&self, settled: Settled<'_>) -> Vec<NewCallback> {
+        let detail = match settled {
+            Settled::Executed { decision_detail, .. } | Settled::Revoked { decision_detail, .. } => decision_detail,
+        };
+        let Some(ticket) = TicketRef::from_decision_detail(detail) else { return Vec::new() };
+        if self.ctx.sources.get(&ticket.source).is_none_or(|s| s.api().is_none()) {
+            return Vec::new();
+        }
+        let callbacks = &self.ctx.callbacks;
+        match settled {
+            Settled::Executed { grants, .. } => {
+                let (active, failed): (Vec<GrantRecord>, Vec<GrantRecord>) =
+                    grants.iter().cloned().partition(|g| g.state == "active");
+                let code = failed.first().and_then(|g| g.last_error.as_deref()).map_or("failed", failure_code);
+                [
+                    (!active.is_empty()).then(|| callbacks.for_granted(&ticket, &active)).flatten(),
+                    (!failed.is_empty()).then(|| callbacks.for_failed(&ticket, &failed, code)).flatten(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+            Settled::Revoked { grant, .. } => {
+                callbacks.for_revoked(&ticket, std::slice::from_ref(grant), REVOKED_REASON).into_iter().collect()
+            }
+        }
+    }
+
     fn dead(&self, job: &ClaimedJob, error: String) -> JobResult {
         self.ctx.metrics.record_job(&job.grant.kind, "dead");
         tracing::error!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, error = %error, "grant failed; the job is a dead letter");
@@ -231,9 +270,20 @@ impl Step for Executor {
     }
 }
 
+/// What the ticket says when access was taken away.
+const REVOKED_REASON: &str = "the access was revoked";
+
+/// The stable code a failed grant's error starts with (see [`describe`]).
+fn failure_code(error: &str) -> &str {
+    error.split_once(": ").map_or(error, |(code, _)| code)
+}
+
+/// A failed grant's error for the ledger: a stable code, then what happened.
 fn describe(e: &ProviderError, attempts: i64) -> String {
     match e {
-        ProviderError::Retryable { detail, .. } => format!("gave up after {attempts} attempts: {detail}"),
+        ProviderError::Retryable { detail, .. } => {
+            format!("retries_exhausted: gave up after {attempts} attempts: {detail}")
+        }
         ProviderError::Permanent { code, detail } => format!("{code}: {detail}"),
         ProviderError::Refused { reason } => format!("refused: {reason}"),
     }

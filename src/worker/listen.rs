@@ -1,5 +1,5 @@
 //! On PostgreSQL, several replicas share the work: each listens for the others' notifications, so new events
-//! and jobs are picked up at once wherever they were stored. Lost notifications (a reconnect) cost at most one
+//! jobs and callbacks are picked up at once wherever they were stored. Lost notifications (a reconnect) cost at most one
 //! poll interval.
 
 use std::sync::Arc;
@@ -9,9 +9,11 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::store::{Store, WORK_CHANNEL, WORK_EVENTS, WORK_JOBS};
+use crate::store::{Store, WORK_CALLBACKS, WORK_CHANNEL, WORK_EVENTS, WORK_JOBS};
 
-pub fn spawn(store: &Store, events: Arc<Notify>, jobs: Arc<Notify>) -> Option<JoinHandle<()>> {
+/// Wakes `events`, `jobs` or `callbacks` when any replica stores that kind of work; `None` on SQLite, where the
+/// process that stores work wakes its own workers.
+pub fn spawn(store: &Store, events: Arc<Notify>, jobs: Arc<Notify>, callbacks: Arc<Notify>) -> Option<JoinHandle<()>> {
     let Store::Postgres(pool) = store else { return None };
     let pool = pool.clone();
     Some(tokio::spawn(async move {
@@ -26,6 +28,7 @@ pub fn spawn(store: &Store, events: Arc<Notify>, jobs: Arc<Notify>) -> Option<Jo
                             match listener.recv().await {
                                 Ok(n) if n.payload() == WORK_EVENTS => events.notify_waiters(),
                                 Ok(n) if n.payload() == WORK_JOBS => jobs.notify_waiters(),
+                                Ok(n) if n.payload() == WORK_CALLBACKS => callbacks.notify_waiters(),
                                 Ok(_) => {}
                                 Err(e) => {
                                     tracing::warn!(error = %e, "work notifications interrupted; polling meanwhile");

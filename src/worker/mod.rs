@@ -4,7 +4,8 @@
 mod execute;
 mod listen;
 
-pub use execute::{Executor, ExecutorContext};
+pub use execute::{BATCH_FILL_WINDOW, Executor, ExecutorContext};
+pub use listen::spawn as listen_for_work;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::callbacks::{CallbackSettings, CallbackerContext, TicketRef, spawn_callbackers};
 use crate::config::WorkerSettings;
 use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};
@@ -32,6 +34,10 @@ pub struct WorkerContext {
     pub wake: Arc<Notify>,
     /// Notified when a decision queued grant jobs.
     pub jobs_wake: Arc<Notify>,
+    /// What is posted back to tickets; callbacks are enqueued with the decision that they report.
+    pub callbacks: Arc<CallbackSettings>,
+    /// Notified when callbacks were enqueued.
+    pub callbacks_wake: Arc<Notify>,
 }
 
 pub struct Worker {
@@ -71,6 +77,9 @@ impl Worker {
             return Ok(true);
         }
         let kept = self.ctx.store.record_decisions(&records, &self.id).await?;
+        if records.iter().zip(&kept).any(|(r, k)| *k && !r.callbacks.is_empty()) {
+            self.ctx.callbacks_wake.notify_one();
+        }
         let mut queued_jobs = 0;
         for ((record, (event, label)), kept) in records.iter().zip(&labels).zip(kept) {
             let decision = &record.decision;
@@ -135,7 +144,19 @@ impl Worker {
             decided_at_ms: unix_millis(SystemTime::now()),
         };
         let grants = grants_to_execute(&event.source, &decided);
-        DecisionRecord { event: event.id, state: decided.state(), decision, grants }
+        let callbacks = match (&decided.ticket, self.ctx.sources.get(&event.source)) {
+            // Only where there is a ticketing API to post with.
+            (Some(ticket), Some(source)) if source.api().is_some() => {
+                let principal = match &decided.decision {
+                    Decision::Plan(plan) => plan.principal.as_ref(),
+                    _ => None,
+                };
+                let ticket = TicketRef::from_ticket(ticket, principal);
+                self.ctx.callbacks.for_decision(&ticket, &decided.decision, &event.id.to_string()).into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        DecisionRecord { event: event.id, state: decided.state(), decision, grants, callbacks }
     }
 }
 
@@ -271,8 +292,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Deciding workers, and executors when there is an Entra tenant to execute against.
-    pub fn spawn(ctx: Arc<WorkerContext>, exec: Option<Arc<ExecutorContext>>) -> Workers {
+    /// Deciding workers, executors when there is an Entra tenant to execute against, and callbackers when a
+    /// source has a ticketing API to post to.
+    pub fn spawn(
+        ctx: Arc<WorkerContext>,
+        exec: Option<Arc<ExecutorContext>>,
+        callbacks: Option<Arc<CallbackerContext>>,
+    ) -> Workers {
         let (stop, rx) = watch::channel(false);
         let mut handles: Vec<JoinHandle<()>> = (0..ctx.settings.count)
             .map(|i| {
@@ -281,7 +307,7 @@ impl Workers {
             })
             .collect();
         let listener = (ctx.settings.count > 0)
-            .then(|| listen::spawn(&ctx.store, ctx.wake.clone(), ctx.jobs_wake.clone()))
+            .then(|| listen::spawn(&ctx.store, ctx.wake.clone(), ctx.jobs_wake.clone(), ctx.callbacks_wake.clone()))
             .flatten();
         if let Some(exec) = exec {
             let count = if ctx.settings.count == 0 { 0 } else { ctx.settings.executors };
@@ -289,6 +315,9 @@ impl Workers {
                 let executor = Executor::new(exec.clone(), i);
                 tokio::spawn(run_until_stopped(executor, exec.wake.clone(), exec.poll, rx.clone()))
             }));
+        }
+        if let Some(callbacks) = callbacks.filter(|_| ctx.settings.count > 0) {
+            handles.extend(spawn_callbackers(callbacks, ctx.callbacks.workers, rx.clone()));
         }
         Workers { stop, handles, listener }
     }

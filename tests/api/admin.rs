@@ -499,7 +499,13 @@ fn grant(id: &str, ticket: &str, principal: &str, target: Value) -> NewGrant {
 }
 
 /// Claims the oldest waiting event and records this decision for it, with these grants and their jobs.
-async fn decide_next(store: &Store, state: &'static str, outcome: &str, ticket: Option<&str>, grants: &[NewGrant]) -> String {
+async fn decide_next(
+    store: &Store,
+    state: &'static str,
+    outcome: &str,
+    ticket: Option<&str>,
+    grants: &[NewGrant],
+) -> String {
     let claimed = store.claim_event("seeder", now_ms(), Duration::from_secs(60)).await.unwrap().unwrap();
     let code = (outcome == "refused").then(|| "not_approved".to_string());
     let detail = json!({"ticket": ticket.map(|t| json!({"ticket_key": t})), "decision": {"outcome": outcome}});

@@ -353,7 +353,13 @@ async fn enqueueing_on_postgres_wakes_the_callbackers_of_every_replica() {
     let store = db.store().await;
     let other_replica = db.store().await;
     let wake = Arc::new(Notify::new());
-    let listener = grantbridge::callbacks::spawn_listener(&other_replica, wake.clone()).unwrap();
+    let listener = grantbridge::worker::listen_for_work(
+        &other_replica,
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+        wake.clone(),
+    )
+    .unwrap();
 
     // The listener connects in the background: enqueue until a notification arrives.
     let mut woken = false;
@@ -370,5 +376,13 @@ async fn enqueueing_on_postgres_wakes_the_callbackers_of_every_replica() {
     listener.abort();
 
     assert!(woken, "a callback enqueued on one replica wakes the others");
-    assert!(grantbridge::callbacks::spawn_listener(&TestDb::new(Backend::Sqlite).await.store().await, wake).is_none());
+    assert!(
+        grantbridge::worker::listen_for_work(
+            &TestDb::new(Backend::Sqlite).await.store().await,
+            wake.clone(),
+            wake.clone(),
+            wake
+        )
+        .is_none()
+    );
 }

@@ -398,9 +398,9 @@ both_backends! {
         assert_eq!(c.iter().map(|e| e.id).collect::<Vec<_>>(), a.iter().map(|e| e.id).collect::<Vec<_>>(), "the expired batch is taken over whole");
         let mut records: Vec<DecisionRecord> = b
             .iter()
-            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")] })
+            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")], callbacks: vec![] })
             .collect();
-        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![] });
+        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![], callbacks: vec![] });
         let kept = store.record_decisions(&records, "worker-b").await.unwrap();
         assert_eq!(kept, [true, true, false]);
         assert_eq!(count(&store, "decisions").await, 2);
