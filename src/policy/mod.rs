@@ -29,6 +29,8 @@
 //! kind = "group_member"
 //! group_id = "<group guid>"
 //! label = "EPM - User Portal Access"              # shown in plans and comments; default: the id
+//! restore_missing = false                         # reconciliation re-adds members whose active grant is missing
+//! authoritative = false                           # reconciliation removes members the ledger does not know
 //!
 //! [[policy.rules.grants]]
 //! kind = "pim_group"                              # time-bound: the rule needs default_duration or max_duration
@@ -98,7 +100,7 @@ mod rules;
 pub use config::{GrantConfig, GrantKind, PolicyConfig, RuleConfig, TargetConfig};
 pub use duration::{format_duration, parse_duration};
 pub use evaluate::{ApproverFacts, Facts};
-pub use rules::{DeclaredTarget, Policy, PolicyMode, Rule};
+pub use rules::{DeclaredTarget, ManagedGroup, Policy, PolicyMode, ReconcileFlags, Rule};
 
 const SHOWN_CHARS: usize = 80;
 
