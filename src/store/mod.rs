@@ -6,6 +6,7 @@
 mod decisions;
 mod grants;
 mod migrations;
+mod reconcile;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use crate::inbound::unix_millis;
 
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, batch_key};
+pub use reconcile::{LedgerGrant, ReconcileLock, ReconcileRun};
 
 #[derive(Clone)]
 pub enum Store {
