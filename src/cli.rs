@@ -126,7 +126,8 @@ const DRIFT_FOUND: u8 = 2;
 
 async fn reconcile(config: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
     let settings = Settings::load_online(config).await?;
-    telemetry::init(&settings.log);
+    // Standard output is the report.
+    telemetry::init_stderr(&settings.log);
     let Some(entra) = settings.entra.as_ref() else {
         bail!("reconciliation compares the ledger with Entra: {} has no [entra] table", config.display());
     };

@@ -593,6 +593,10 @@ impl Scheduled {
     }
 }
 
+/// With no scheduled run recorded yet, the first waits this long (or the interval, if shorter) after the start:
+/// a new installation's executors are then past the backlog they started with.
+pub const FIRST_RUN_DELAY: Duration = Duration::from_secs(5 * 60);
+
 async fn run_periodically(reconciler: Reconciler, interval: Duration, dry_run: bool, mut stop: watch::Receiver<bool>) {
     // After a failure, or while another replica runs: look again after this long.
     let later = interval.min(Duration::from_secs(60));
@@ -603,6 +607,7 @@ async fn run_periodically(reconciler: Reconciler, interval: Duration, dry_run: b
         }
         wait_first = later;
         let wait = match reconciler.store.last_reconcile_started_at(STARTED_BY_SCHEDULE).await {
+            Ok(None) => interval.min(FIRST_RUN_DELAY),
             Ok(last) => until_due(last, interval, reconciler.clock.now_ms()),
             Err(e) => {
                 tracing::warn!(error = %e, "reconciliation: cannot read the latest run; trying again later");

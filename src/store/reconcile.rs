@@ -134,7 +134,7 @@ impl Store {
     pub async fn latest_reconcile_run(&self) -> Result<Option<ReconcileRun>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM reconcile_runs ORDER BY started_at_ms DESC, id DESC LIMIT 1");
         let row: Option<RunRow> =
-            on_pool!(self, |pool, _begin| { sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(pool).await? });
+            on_pool!(self, |pool, _begin| sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(pool).await?);
         Ok(row.map(run_from))
     }
 
