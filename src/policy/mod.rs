@@ -63,8 +63,9 @@
 //! would match every approved ticket), `min_approvals = 0`, malformed ids, scopes and durations,
 //! `default_duration` above `max_duration`, a reminder not shorter than the durations, a rule without grants, a
 //! PIM grant in a rule without a duration, a grant with both or neither of a fixed target and `choose_by` +
-//! `options`, keys that do not belong to the grant's kind, empty options, options differing only in case, and the
-//! same fixed target twice in one rule.
+//! `options`, keys that do not belong to the grant's kind, empty options, options differing only in case, the
+//! same fixed target twice in one rule, and `restore_missing` or `authoritative` on a grant that is not
+//! `group_member` (only group membership is reconciled, see `crate::reconcile`).
 //!
 //! # Matching
 //!
