@@ -22,7 +22,7 @@ use crate::inbound::unix_millis;
 
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, batch_key};
-pub use reconcile::{LedgerGrant, ReconcileLock, ReconcileRun};
+pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
 
 #[derive(Clone)]
 pub enum Store {

@@ -7,6 +7,9 @@ use crate::domain::{GrantTarget, PimAccess};
 /// The advisory lock key held by the replica that is reconciling (the migration lock is 7342016331).
 const RECONCILE_LOCK: i64 = 7_342_016_333;
 
+/// Runs kept in `reconcile_runs`: six weeks of hourly runs. Older ones are deleted as new ones are recorded.
+pub const RECONCILE_RUNS_KEPT: i64 = 1_000;
+
 /// One ledger grant that concerns a group's membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerGrant {
@@ -39,6 +42,10 @@ pub struct ReconcileRun {
     /// The report, as JSON.
     pub report: String,
 }
+
+/// Deletes the runs that started before the `$1`-th latest (counting from 0); nothing while there are fewer.
+const PRUNE_RUNS: &str = "DELETE FROM reconcile_runs WHERE started_at_ms <
+    (SELECT started_at_ms FROM reconcile_runs ORDER BY started_at_ms DESC LIMIT 1 OFFSET $1)";
 
 type LedgerRow = (String, String, String, String, String, String, Option<i64>, bool);
 type RunRow = (String, i64, i64, String, bool, i64, i64, String);
@@ -105,11 +112,13 @@ impl Store {
         Ok(grants)
     }
 
+    /// Records a run, and forgets the runs beyond the latest [`RECONCILE_RUNS_KEPT`], in one transaction.
     pub async fn insert_reconcile_run(&self, run: &ReconcileRun) -> Result<(), StoreError> {
         on_pool!(
             self,
             write | pool,
-            _begin | {
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
                 sqlx::query(
                     "INSERT INTO reconcile_runs (id, started_at_ms, finished_at_ms, started_by, dry_run, drift, errors,
                      report)
@@ -123,8 +132,22 @@ impl Store {
                 .bind(run.drift)
                 .bind(run.errors)
                 .bind(&run.report)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+                sqlx::query(PRUNE_RUNS).bind(RECONCILE_RUNS_KEPT - 1).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        )
+    }
+
+    /// Forgets every run but the latest `keep` (at least one is kept).
+    pub async fn prune_reconcile_runs(&self, keep: i64) -> Result<(), StoreError> {
+        on_pool!(
+            self,
+            write | pool,
+            _begin | {
+                sqlx::query(PRUNE_RUNS).bind(keep.max(1) - 1).execute(pool).await?;
                 Ok(())
             }
         )

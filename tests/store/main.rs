@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod reconcile;
 
 use std::time::SystemTime;
 
