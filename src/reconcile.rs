@@ -159,6 +159,22 @@ pub enum Action {
     Failed,
 }
 
+impl Action {
+    /// As in the report's JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Reported => "reported",
+            Action::WouldRestore => "would_restore",
+            Action::Restored => "restored",
+            Action::AlreadyPresent => "already_present",
+            Action::WouldRemove => "would_remove",
+            Action::Removed => "removed",
+            Action::AlreadyGone => "already_gone",
+            Action::Failed => "failed",
+        }
+    }
+}
+
 /// One principal's drift, and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -268,9 +284,7 @@ impl ReconcileReport {
                 [("missing", &target.missing), ("lingering", &target.lingering), ("unknown", &target.unknown)]
             {
                 for f in findings {
-                    let action = serde_json::to_value(f.action).ok();
-                    let action = action.as_ref().and_then(|a| a.as_str()).unwrap_or("?");
-                    let _ = write!(out, "  {kind:<9} {} {action}", f.principal_id);
+                    let _ = write!(out, "  {kind:<9} {} {}", f.principal_id, f.action.as_str());
                     if let Some(error) = &f.error {
                         let _ = write!(out, ": {error}");
                     }
@@ -509,7 +523,7 @@ impl Reconciler {
             Ok(_) => (Action::Restored, None),
             Err(e) => (Action::Failed, Some(error_text(&e))),
         };
-        tracing::info!(group_id = %group.group_id, principal = principal_id, action = ?result.0, error = result.1.as_deref(), "reconciliation: missing member");
+        tracing::info!(group_id = %group.group_id, principal = principal_id, action = result.0.as_str(), error = result.1.as_deref(), "reconciliation: member restore");
         result
     }
 
@@ -520,7 +534,7 @@ impl Reconciler {
             Ok(_) => (Action::Removed, None),
             Err(e) => (Action::Failed, Some(error_text(&e))),
         };
-        tracing::info!(group_id = %group.group_id, principal = principal_id, drift = kind, action = ?result.0, error = result.1.as_deref(), "reconciliation: membership removed");
+        tracing::info!(group_id = %group.group_id, principal = principal_id, drift = kind, action = result.0.as_str(), error = result.1.as_deref(), "reconciliation: member removal");
         result
     }
 }
@@ -741,6 +755,22 @@ mod tests {
         let mut absent = grant("pim-3", "c", "active", None);
         absent.kind = "pim_group".into();
         assert!(classify(&[], &[absent], &group(&[], false), NOW).missing.is_empty());
+    }
+
+    #[test]
+    fn actions_read_as_in_the_json() {
+        for action in [
+            Action::Reported,
+            Action::WouldRestore,
+            Action::Restored,
+            Action::AlreadyPresent,
+            Action::WouldRemove,
+            Action::Removed,
+            Action::AlreadyGone,
+            Action::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
     }
 
     #[test]
