@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `migrate`, `plan`, `send`.
+//! The command line: `serve`, `check-config`, `migrate`, `plan`, `send`, `reconcile`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use crate::config::{DEFAULT_DATABASE_URL, DatabaseSettings, EnvOverrides, LogFor
 use crate::decide::{self, Decider};
 use crate::inbound::schemes::Outgoing;
 use crate::inbound::{DeliveryIdRule, Source, SourceKind, unix_millis};
+use crate::reconcile::{Reconciler, STARTED_BY_CLI};
 use crate::startup::Application;
 use crate::store::Store;
 use crate::telemetry;
@@ -54,6 +55,18 @@ enum Command {
         /// Decide as a worker would: confirm the approval with the ticketing system and look people up in Entra.
         #[arg(long)]
         confirm: bool,
+    },
+    /// Compare the grant ledger with Entra once for every group the policy manages, repair drift as the policy
+    /// says, record the run and print it. Exit 0 without drift, 2 when drift was found, 1 on an error.
+    Reconcile {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Report drift, change nothing in Entra.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Sign a JSON payload exactly as a configured source would, and POST it: how to test a setup end to end.
     Send {
@@ -104,7 +117,53 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate { config } => migrate(config.as_deref()).await.map(|()| ExitCode::SUCCESS),
         Command::Plan { event, json, confirm } => plan(&event, json, confirm).await,
         Command::Send { event, url, signing_key } => send(&event, url.as_deref(), signing_key.as_deref()).await,
+        Command::Reconcile { config, dry_run, json } => reconcile(&config, dry_run, json).await,
     }
+}
+
+/// Exit status of `reconcile` when drift was found (repaired or not) and nothing failed.
+const DRIFT_FOUND: u8 = 2;
+
+async fn reconcile(config: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load_online(config).await?;
+    // Standard output is the report.
+    telemetry::init_stderr(&settings.log);
+    let Some(entra) = settings.entra.as_ref() else {
+        bail!("reconciliation compares the ledger with Entra: {} has no [entra] table", config.display());
+    };
+    let store = Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("Failed to open the database {}", settings.database.display_url()))?;
+    store.migrate().await.context("Failed to apply database migrations")?;
+    let mut providers = crate::providers::Providers::from_entra(entra, entra.arm_url.clone())
+        .with_concurrency(settings.workers.graph_concurrency, settings.workers.arm_concurrency);
+    if let Some((writes, window)) = settings.workers.graph_write_budget {
+        providers = providers.with_graph_write_budget(writes, window);
+    }
+    let reconciler = Reconciler::new(store.clone(), providers.groups, &settings.policy);
+    let dry_run = dry_run || settings.reconcile.dry_run || settings.policy.dry_run();
+    let Some(lock) = store.try_lock_reconcile().await.context("Failed to take the reconciliation lock")? else {
+        store.close().await;
+        bail!("another replica is reconciling now; try again when it has finished");
+    };
+    let report = reconciler.run(dry_run).await;
+    let recorded = reconciler.record(&report, STARTED_BY_CLI).await;
+    lock.release().await;
+    store.close().await;
+    // Printed even when it could not be recorded: the repairs are done either way.
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("Failed to print the report")?);
+    } else {
+        print!("{}", report.render());
+    }
+    recorded.context("Failed to record the reconciliation")?;
+    Ok(if report.totals.errors > 0 {
+        ExitCode::FAILURE
+    } else if report.totals.drift() > 0 {
+        ExitCode::from(DRIFT_FOUND)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn serve(config: &Path) -> anyhow::Result<()> {

@@ -27,6 +27,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://grantbridge.db";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_BODY_CEILING: usize = 64 * 1024 * 1024;
+/// Reconciliation runs hourly unless `[reconcile] interval_secs` says otherwise.
+pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 3600;
 
 /// A configuration problem, located as precisely as we can: `file:line:col: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,15 @@ struct RawConfig {
     admin: Option<AdminConfig>,
     #[serde(default)]
     callbacks: CallbacksConfig,
+    #[serde(default)]
+    reconcile: RawReconcile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    interval_secs: Option<u64>,
+    dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +187,16 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// `[callbacks]`: what is posted back to tickets.
     pub callbacks: CallbackSettings,
+    pub reconcile: ReconcileSettings,
+}
+
+/// `[reconcile]`: the periodic comparison of the grant ledger with Entra.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// How often `serve` reconciles, across replicas; `None` when it does not (`interval_secs = 0`).
+    pub interval: Option<Duration>,
+    /// Report drift, repair nothing.
+    pub dry_run: bool,
 }
 
 /// `[workers]`: how events are decided in the background.
@@ -475,6 +496,14 @@ impl Settings {
             },
         };
 
+        let reconcile = ReconcileSettings {
+            interval: match raw.reconcile.interval_secs.unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECS) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            dry_run: raw.reconcile.dry_run.unwrap_or(false),
+        };
+
         Ok(Settings {
             origin: origin.to_string(),
             listen,
@@ -489,6 +518,7 @@ impl Settings {
             workers,
             admin,
             callbacks,
+            reconcile,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod itsm;
 pub mod metrics;
 pub mod policy;
 pub mod providers;
+pub mod reconcile;
 pub mod secret;
 pub mod startup;
 pub mod store;

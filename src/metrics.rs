@@ -18,8 +18,15 @@ pub struct Metrics {
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
     callbacks: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    reconcile_drift: Mutex<BTreeMap<&'static str, u64>>,
+    reconcile_actions: Mutex<BTreeMap<&'static str, u64>>,
     duration: Histogram,
 }
+
+/// Kinds of drift reconciliation finds, always rendered (zero until found) so that rates work from the start.
+pub const RECONCILE_DRIFT_KINDS: [&str; 3] = ["missing", "lingering", "unknown"];
+/// Repairs reconciliation makes, likewise.
+pub const RECONCILE_ACTIONS: [&str; 2] = ["restored", "removed"];
 
 #[derive(Default)]
 struct Histogram {
@@ -69,6 +76,16 @@ impl Metrics {
         *map.entry((source.to_string(), kind.to_string(), outcome)).or_insert(0) += 1;
     }
 
+    /// `kind` is `missing`, `lingering` or `unknown`; counted in dry runs too: it is drift found.
+    pub fn record_reconcile_drift(&self, kind: &'static str, found: u64) {
+        add(&self.reconcile_drift, kind, found);
+    }
+
+    /// `action` is `restored` or `removed`: repairs made in Entra.
+    pub fn record_reconcile_action(&self, action: &'static str, done: u64) {
+        add(&self.reconcile_actions, action, done);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
@@ -111,6 +128,22 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{source=\"{source}\",kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
             }
         }
+        render_counter_by(
+            &mut out,
+            "grantbridge_reconcile_drift_total",
+            "Drift between the grant ledger and Entra found by reconciliation, by kind (missing, lingering, unknown).",
+            "kind",
+            &RECONCILE_DRIFT_KINDS,
+            &self.reconcile_drift,
+        );
+        render_counter_by(
+            &mut out,
+            "grantbridge_reconcile_actions_total",
+            "Repairs made in Entra by reconciliation, by action (restored, removed).",
+            "action",
+            &RECONCILE_ACTIONS,
+            &self.reconcile_actions,
+        );
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -133,6 +166,30 @@ fn bump(map: &Mutex<BTreeMap<(String, &'static str), u64>>, source: &str, label:
         None => {
             map.insert((source.to_string(), label), 1);
         }
+    }
+}
+
+fn add(map: &Mutex<BTreeMap<&'static str, u64>>, label: &'static str, n: u64) {
+    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = map.entry(label).or_insert(0);
+    *count = count.saturating_add(n);
+}
+
+/// A counter with one label, whose `known` values are rendered even before they are counted.
+fn render_counter_by(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    known: &[&'static str],
+    map: &Mutex<BTreeMap<&'static str, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let extra = map.keys().filter(|k| !known.contains(k)).copied();
+    for value in known.iter().copied().chain(extra) {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", map.get(value).copied().unwrap_or(0));
     }
 }
 
@@ -180,5 +237,20 @@ mod tests {
         assert!(text.contains("# TYPE grantbridge_callbacks_total counter"), "{text}");
         assert!(text.contains("grantbridge_callbacks_total{source=\"jira\",kind=\"granted\",outcome=\"delivered\"} 2"));
         assert!(text.contains("grantbridge_callbacks_total{source=\"snow\",kind=\"other\",outcome=\"dead\"} 1"));
+    }
+
+    #[test]
+    fn reconcile_counters_start_at_zero_and_add_up() {
+        let m = Metrics::default();
+        let text = m.render();
+        assert!(text.contains("grantbridge_reconcile_drift_total{kind=\"lingering\"} 0"), "{text}");
+        assert!(text.contains("grantbridge_reconcile_actions_total{action=\"removed\"} 0"), "{text}");
+        m.record_reconcile_drift("lingering", 2);
+        m.record_reconcile_drift("lingering", 1);
+        m.record_reconcile_action("removed", 3);
+        let text = m.render();
+        assert!(text.contains("grantbridge_reconcile_drift_total{kind=\"lingering\"} 3"), "{text}");
+        assert!(text.contains("grantbridge_reconcile_drift_total{kind=\"missing\"} 0"), "{text}");
+        assert!(text.contains("grantbridge_reconcile_actions_total{action=\"removed\"} 3"), "{text}");
     }
 }

@@ -19,6 +19,7 @@ use crate::inbound::Source;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::reconcile::{Reconciler, Scheduled};
 use crate::store::Store;
 use crate::upstream::http_client;
 use crate::worker::{Executor, ExecutorContext, Worker, WorkerContext, Workers};
@@ -35,6 +36,7 @@ pub struct Application {
     work: Arc<WorkerContext>,
     exec: Option<Arc<ExecutorContext>>,
     callbacks: Option<Arc<CallbackerContext>>,
+    reconcile: Option<Scheduled>,
 }
 
 impl Application {
@@ -90,6 +92,17 @@ impl Application {
                 None => providers,
             }
         });
+        // Reconciliation shares the executors' Graph concurrency and write budget. Like them, it runs only on
+        // replicas with workers, and only with an Entra tenant to compare with.
+        let reconcile = match (&providers, settings.reconcile.interval) {
+            (Some(providers), Some(interval)) if settings.workers.count > 0 => {
+                let reconciler = Reconciler::new(store.clone(), providers.groups.clone(), &settings.policy)
+                    .with_metrics(metrics.clone());
+                let dry_run = settings.reconcile.dry_run || settings.policy.dry_run();
+                Some(Scheduled::spawn(reconciler, interval, dry_run))
+            }
+            _ => None,
+        };
         let exec = providers.map(|providers| {
             Arc::new(ExecutorContext {
                 store: store.clone(),
@@ -128,7 +141,7 @@ impl Application {
             AppState { sources, work: work.clone(), max_body_bytes, intake, store: store.clone(), metrics, admin };
         let server = http::server(listener, state, settings.http_workers).context("Failed to start the HTTP server")?;
         let workers = Workers::spawn(work.clone(), exec.clone(), callbacks.clone());
-        Ok(Application { port, server, intake_writer, store, workers, work, exec, callbacks })
+        Ok(Application { port, server, intake_writer, store, workers, work, exec, callbacks, reconcile })
     }
 
     pub fn port(&self) -> u16 {
@@ -161,6 +174,9 @@ impl Application {
             tracing::warn!("the intake writer did not finish within 30 s of shutdown");
         }
         self.workers.shutdown(Duration::from_secs(30)).await;
+        if let Some(reconcile) = self.reconcile {
+            reconcile.shutdown(Duration::from_secs(30)).await;
+        }
         self.store.close().await;
         Ok(())
     }

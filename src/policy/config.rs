@@ -9,7 +9,7 @@ use crate::config::ConfigError;
 use crate::domain::{GrantTarget, PimAccess};
 use crate::policy::duration::{format_duration, parse_config_duration};
 use crate::policy::ids;
-use crate::policy::rules::{DeclaredTarget, GrantSpec, Policy, PolicyMode, Rule, fold};
+use crate::policy::rules::{DeclaredTarget, GrantSpec, Policy, PolicyMode, ReconcileFlags, Rule, fold};
 
 /// `[policy]`. Absent from the file, it is the default: no rules, so every approved ticket is refused.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,6 +111,14 @@ pub struct GrantConfig {
     pub label: Option<String>,
     pub choose_by: Option<String>,
     pub options: Option<BTreeMap<String, TargetConfig>>,
+    /// Reconciliation re-adds a member whose grant (of this rule, for this target) is active but who is no longer
+    /// in the group; `false`: reported only. `group_member` only.
+    #[serde(default)]
+    pub restore_missing: bool,
+    /// Reconciliation removes members of this group that the ledger does not know; `false`: reported only.
+    /// `group_member` only.
+    #[serde(default)]
+    pub authoritative: bool,
 }
 
 /// One option of a choice: the target keys of the grant's kind, and a label.
@@ -328,8 +336,24 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
     let has_duration = default_duration.is_some() || max_duration.is_some();
     let mut grants = Vec::with_capacity(raw.grants.len());
     let mut fixed_seen: Vec<(GrantTarget, usize)> = Vec::new();
+    let mut reconcile: BTreeMap<GrantTarget, ReconcileFlags> = BTreeMap::new();
     for (j, g) in raw.grants.into_iter().enumerate() {
         let key = format!("grants[{j}]");
+        let flags = ReconcileFlags { restore_missing: g.restore_missing, authoritative: g.authoritative };
+        let set = [("restore_missing", flags.restore_missing), ("authoritative", flags.authoritative)]
+            .into_iter()
+            .find_map(|(name, set)| set.then_some(name));
+        if let Some(flag) = set
+            && g.kind != GrantKind::GroupMember
+        {
+            return Err(at.err(
+                &format!("{key}.{flag}"),
+                format!(
+                    "reconciliation repairs group_member grants only; a {} grant is not reconciled",
+                    g.kind.as_str()
+                ),
+            ));
+        }
         if g.kind.time_bound() && !has_duration {
             return Err(at.err(
                 &key,
@@ -340,6 +364,13 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
             ));
         }
         let spec = build_grant(g, at, &key)?;
+        if flags != ReconcileFlags::default() {
+            for d in spec.targets() {
+                let entry = reconcile.entry(d.target.clone()).or_default();
+                entry.restore_missing |= flags.restore_missing;
+                entry.authoritative |= flags.authoritative;
+            }
+        }
         if let GrantSpec::Fixed(d) = &spec {
             if let Some((_, first)) = fixed_seen.iter().find(|(t, _)| *t == d.target) {
                 return Err(at.err(&key, format!("the same target as grants[{first}]")));
@@ -364,6 +395,7 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
         max_duration,
         notify_before_expiry,
         grants,
+        reconcile,
     })
 }
 

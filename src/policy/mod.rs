@@ -29,6 +29,8 @@
 //! kind = "group_member"
 //! group_id = "<group guid>"
 //! label = "EPM - User Portal Access"              # shown in plans and comments; default: the id
+//! restore_missing = false                         # reconciliation re-adds members whose active grant is missing
+//! authoritative = false                           # reconciliation removes members the ledger does not know
 //!
 //! [[policy.rules.grants]]
 //! kind = "pim_group"                              # time-bound: the rule needs default_duration or max_duration
@@ -61,8 +63,9 @@
 //! would match every approved ticket), `min_approvals = 0`, malformed ids, scopes and durations,
 //! `default_duration` above `max_duration`, a reminder not shorter than the durations, a rule without grants, a
 //! PIM grant in a rule without a duration, a grant with both or neither of a fixed target and `choose_by` +
-//! `options`, keys that do not belong to the grant's kind, empty options, options differing only in case, and the
-//! same fixed target twice in one rule.
+//! `options`, keys that do not belong to the grant's kind, empty options, options differing only in case, the
+//! same fixed target twice in one rule, and `restore_missing` or `authoritative` on a grant that is not
+//! `group_member` (only group membership is reconciled, see `crate::reconcile`).
 //!
 //! # Matching
 //!
@@ -98,7 +101,7 @@ mod rules;
 pub use config::{GrantConfig, GrantKind, PolicyConfig, RuleConfig, TargetConfig};
 pub use duration::{format_duration, parse_duration};
 pub use evaluate::{ApproverFacts, Facts};
-pub use rules::{DeclaredTarget, Policy, PolicyMode, Rule};
+pub use rules::{DeclaredTarget, ManagedGroup, Policy, PolicyMode, ReconcileFlags, Rule};
 
 const SHOWN_CHARS: usize = 80;
 

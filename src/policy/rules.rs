@@ -43,6 +43,30 @@ pub struct DeclaredTarget {
     pub label: String,
 }
 
+/// What reconciliation may repair for one declared `group_member` target. Both off by default: drift is reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileFlags {
+    /// Re-add a member whose grant is active but who left the group.
+    pub restore_missing: bool,
+    /// Remove members the ledger does not know.
+    pub authoritative: bool,
+}
+
+/// A group whose membership grantbridge manages (a `group_member` target of some rule): what reconciliation
+/// compares with the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedGroup {
+    /// Lower-case GUID.
+    pub group_id: String,
+    /// The label of its first declaration.
+    pub label: String,
+    /// Any declaration of the group says `authoritative = true`: members the ledger does not know are removed.
+    pub authoritative: bool,
+    /// The rules whose declaration of the group says `restore_missing = true`: their grants' missing members are
+    /// re-added.
+    pub restore_missing_rules: BTreeSet<String>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum GrantSpec {
     Fixed(DeclaredTarget),
@@ -51,6 +75,16 @@ pub(crate) enum GrantSpec {
         field: String,
         options: Vec<(String, DeclaredTarget)>,
     },
+}
+
+impl GrantSpec {
+    /// Its fixed target, or every option of its choice.
+    pub(crate) fn targets(&self) -> Vec<&DeclaredTarget> {
+        match self {
+            GrantSpec::Fixed(d) => vec![d],
+            GrantSpec::Chosen { options, .. } => options.iter().map(|(_, d)| d).collect(),
+        }
+    }
 }
 
 /// A validated rule.
@@ -72,6 +106,8 @@ pub struct Rule {
     pub(crate) max_duration: Option<Duration>,
     pub(crate) notify_before_expiry: Option<Duration>,
     pub(crate) grants: Vec<GrantSpec>,
+    /// Reconciliation flags of the targets whose declaration sets one.
+    pub(crate) reconcile: BTreeMap<GrantTarget, ReconcileFlags>,
 }
 
 /// Case- and whitespace-insensitive, as ticket systems are about these values.
@@ -119,6 +155,44 @@ impl Policy {
         let mut seen = BTreeSet::new();
         self.rules.iter().flat_map(|r| r.declared_targets()).filter(|d| seen.insert(&d.target)).collect()
     }
+
+    /// The groups whose membership reconciliation compares with the ledger: every `group_member` target, once, in
+    /// the order of its first declaration, with the flags of all its declarations.
+    pub fn managed_groups(&self) -> Vec<ManagedGroup> {
+        let mut groups: Vec<ManagedGroup> = Vec::new();
+        for rule in &self.rules {
+            for declared in rule.declared_targets() {
+                let GrantTarget::GroupMember { group_id } = &declared.target else { continue };
+                let group_id = group_id.to_ascii_lowercase();
+                let flags = rule.reconcile_flags(&declared.target);
+                let position = match groups.iter().position(|g| g.group_id == group_id) {
+                    Some(i) => i,
+                    None => {
+                        groups.push(ManagedGroup {
+                            group_id,
+                            label: declared.label.clone(),
+                            authoritative: false,
+                            restore_missing_rules: BTreeSet::new(),
+                        });
+                        groups.len() - 1
+                    }
+                };
+                if let Some(group) = groups.get_mut(position) {
+                    group.authoritative |= flags.authoritative;
+                    if flags.restore_missing {
+                        group.restore_missing_rules.insert(rule.name.clone());
+                    }
+                }
+            }
+        }
+        groups
+    }
+
+    /// Declared targets that reconciliation does not compare (PIM and Azure RBAC: Entra and ARM keep their own
+    /// schedules and assignments).
+    pub fn unreconciled_targets(&self) -> Vec<&DeclaredTarget> {
+        self.declared_targets().into_iter().filter(|d| !matches!(d.target, GrantTarget::GroupMember { .. })).collect()
+    }
 }
 
 impl Rule {
@@ -157,13 +231,12 @@ impl Rule {
 
     /// Every target this rule may grant: its fixed targets and all options of its choices, in config order.
     pub fn declared_targets(&self) -> Vec<&DeclaredTarget> {
-        self.grants
-            .iter()
-            .flat_map(|g| match g {
-                GrantSpec::Fixed(d) => vec![d],
-                GrantSpec::Chosen { options, .. } => options.iter().map(|(_, d)| d).collect(),
-            })
-            .collect()
+        self.grants.iter().flat_map(GrantSpec::targets).collect()
+    }
+
+    /// What reconciliation may repair for `target` as this rule declares it (both off when it sets neither).
+    pub fn reconcile_flags(&self, target: &GrantTarget) -> ReconcileFlags {
+        self.reconcile.get(target).copied().unwrap_or_default()
     }
 
     /// Whether the ticket's source, request type and fields satisfy every condition the rule sets.

@@ -1,11 +1,12 @@
-//! Entra group membership through Microsoft Graph v1.0: add (one, or up to 20 per PATCH), remove, and the check
-//! that refuses groups whose membership Graph cannot change.
+//! Entra group membership through Microsoft Graph v1.0: add (one, or up to 20 per PATCH), remove, the check
+//! that refuses groups whose membership Graph cannot change, and the list of a group's direct members.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -22,6 +23,12 @@ pub const GROUP_SELECT: &str = "id,displayName,groupTypes,onPremisesSyncEnabled,
 
 /// Graph accepts at most this many `members@odata.bind` references in one PATCH.
 pub const MAX_MEMBERS_PER_PATCH: usize = 20;
+
+/// Members per page of `GET /groups/{id}/members`: Graph's maximum page size for directory objects.
+pub const MEMBERS_PAGE_SIZE: usize = 999;
+
+/// A group this large (about five million members) is not something a bridge reconciles: stop rather than page on.
+const MAX_MEMBER_PAGES: usize = 5_000;
 
 /// How long a group's kind (dynamic, synced, role-assignable) is trusted before it is read again.
 pub const DEFAULT_GROUP_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -268,9 +275,98 @@ impl GraphGroups {
         self.caller.write("add_members", expected, |http| http.patch(&url).json(&body)).await.map(|_| ())
     }
 
+    /// The object ids of the group's direct members (`GET /groups/{id}/members?$select=id&$top=999`: users, groups,
+    /// devices and contacts; not transitive), lower-cased, following every `@odata.nextLink`. All or nothing: a page
+    /// that cannot be read fails the whole list, so a caller never acts on part of a group.
+    ///
+    /// A next link is opaque and followed as given, but the token only goes to the configured Graph: a link on
+    /// another host is refused. A link on the reference base (the real Graph, when the base URL is a proxy in front
+    /// of it) is followed through the base URL.
+    pub async fn list_members(&self, group_id: &str) -> Result<Vec<String>, ProviderError> {
+        let group_id = object_id("group id", group_id)?;
+        let mut url =
+            format!("{}/groups/{}/members?$select=id&$top={MEMBERS_PAGE_SIZE}", self.base_url, path_segment(&group_id));
+        let mut members = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..MAX_MEMBER_PAGES {
+            let response =
+                match self.caller.send("list_members", UpstreamError::is_not_found, |http| http.get(&url)).await {
+                    Ok(response) => response,
+                    Err(e) if e.is_not_found() => {
+                        return Err(ProviderError::permanent(
+                            "not_found",
+                            format!("group {group_id} does not exist in the directory: {e}"),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            let page: MemberPage = read_json(response, UPSTREAM).await?;
+            for member in page.value {
+                let id = object_id("member id", &member.id).map_err(|_| {
+                    ProviderError::permanent(
+                        "invalid_response",
+                        format!("Graph listed a member of group {group_id} whose id is not a GUID"),
+                    )
+                })?;
+                if seen.insert(id.clone()) {
+                    members.push(id);
+                }
+            }
+            match page.next_link {
+                Some(link) => url = self.next_page(&link)?,
+                None => return Ok(members),
+            }
+        }
+        Err(ProviderError::permanent(
+            "invalid_response",
+            format!("group {group_id} has more than {MAX_MEMBER_PAGES} pages of members; stopped reading"),
+        ))
+    }
+
+    /// The URL to fetch for a page link: on the base URL, or on the reference base and then sent to the base URL.
+    fn next_page(&self, link: &str) -> Result<String, ProviderError> {
+        let refused = || {
+            ProviderError::permanent(
+                "invalid_response",
+                "Graph returned a next page link outside the configured Graph URL; it was not followed",
+            )
+        };
+        let parsed = reqwest::Url::parse(link).map_err(|_| refused())?;
+        for base in [&self.base_url, &self.reference_base] {
+            let Ok(base_url) = reqwest::Url::parse(base) else { continue };
+            if parsed.origin() != base_url.origin() {
+                continue;
+            }
+            let base_path = base_url.path().trim_end_matches('/');
+            let Some(rest) = parsed.path().strip_prefix(base_path).filter(|rest| rest.starts_with('/')) else {
+                continue;
+            };
+            let mut url = format!("{}{rest}", self.base_url);
+            if let Some(query) = parsed.query() {
+                url.push('?');
+                url.push_str(query);
+            }
+            return Ok(url);
+        }
+        Err(refused())
+    }
+
     fn reference(&self, principal_id: &str) -> String {
         format!("{}/directoryObjects/{}", self.reference_base, path_segment(principal_id))
     }
+}
+
+/// One page of `GET /groups/{id}/members?$select=id`.
+#[derive(Deserialize)]
+struct MemberPage {
+    value: Vec<Member>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    id: String,
 }
 
 fn is_already_member(error: &UpstreamError) -> bool {
@@ -330,6 +426,41 @@ mod tests {
             "Invalid object identifier"
         )));
         assert!(!is_already_member(&permanent(StatusCode::FORBIDDEN, "Authorization_RequestDenied", documented)));
+    }
+
+    fn groups(base: &str) -> GraphGroups {
+        let http = reqwest::Client::new();
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            "http://127.0.0.1:9",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "11111111-2222-3333-4444-555555555555",
+            crate::entra::Credential::Secret(crate::secret::Secret::new("s")),
+        ));
+        GraphGroups::new(http, base, tokens)
+    }
+
+    #[test]
+    fn next_page_links_are_followed_only_on_the_configured_graph() {
+        let g = groups("http://127.0.0.1:8080/v1.0/");
+        let link = "http://127.0.0.1:8080/v1.0/groups/g/members?$select=id&$top=999&$skiptoken=X%27AB%27";
+        assert_eq!(g.next_page(link).unwrap(), link);
+        for foreign in [
+            "http://evil.example/v1.0/groups/g/members?$skiptoken=1",
+            "http://127.0.0.1:8081/v1.0/groups/g/members",
+            "https://127.0.0.1:8080/v1.0/groups/g/members",
+            "http://127.0.0.1:8080/v1.0evil/groups/g/members",
+            "http://127.0.0.1:8080/beta/groups/g/members",
+            "/v1.0/groups/g/members?$skiptoken=1",
+        ] {
+            assert_eq!(g.next_page(foreign).unwrap_err().code(), "invalid_response", "{foreign}");
+        }
+        // Behind a proxy, Graph's links name the real Graph: they are followed through the proxy.
+        let g = groups("http://proxy.internal/graph/v1.0").with_reference_base("https://graph.microsoft.com/v1.0");
+        assert_eq!(
+            g.next_page("https://GRAPH.microsoft.com:443/v1.0/groups/g/members?$skiptoken=2").unwrap(),
+            "http://proxy.internal/graph/v1.0/groups/g/members?$skiptoken=2"
+        );
     }
 
     #[test]

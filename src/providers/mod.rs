@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 pub use azure_rbac::{ARM_API_VERSION, AzureRbac, DEFAULT_ARM_URL, ROLE_ASSIGNMENT_NAMESPACE, role_assignment_name};
-pub use graph_groups::{DEFAULT_GROUP_CACHE_TTL, GROUP_SELECT, GraphGroups, MAX_MEMBERS_PER_PATCH};
+pub use graph_groups::{DEFAULT_GROUP_CACHE_TTL, GROUP_SELECT, GraphGroups, MAX_MEMBERS_PER_PATCH, MEMBERS_PAGE_SIZE};
 pub use pim::{Pim, iso8601_duration};
 
 use crate::domain::GrantTarget;

@@ -8,6 +8,7 @@ mod decisions;
 mod grants;
 mod migrations;
 mod queries;
+mod reconcile;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -25,6 +26,7 @@ pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
+pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
 
 #[derive(Clone)]
 pub enum Store {

@@ -9,4 +9,5 @@ mod deploy;
 mod execution;
 mod plan;
 mod process;
+mod reconcile;
 mod serve;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use grantbridge::config::{EnvOverrides, Settings};
 use grantbridge::store::Store;
 
+pub mod ledger;
 pub mod sign;
 
 pub const POSTGRES_URL_VAR: &str = "GRANTBRIDGE_TEST_POSTGRES_URL";

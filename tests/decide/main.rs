@@ -7,3 +7,4 @@ mod common;
 
 mod normalize;
 mod pipeline;
+mod reconcile;

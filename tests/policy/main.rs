@@ -6,4 +6,5 @@ mod helpers;
 mod matching;
 mod plans;
 mod property;
+mod reconcile_flags;
 mod requirements;

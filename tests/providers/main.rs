@@ -5,6 +5,7 @@
 mod batch;
 mod groups;
 mod helpers;
+mod members;
 mod pim;
 mod rbac;
 mod tokens;

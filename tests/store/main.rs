@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod reconcile;
 
 mod callbacker;
 mod callbacks;
