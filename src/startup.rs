@@ -71,6 +71,7 @@ impl Application {
             settings.sources.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
         let metrics = Arc::new(Metrics::default());
         let jobs_wake = Arc::new(Notify::new());
+        let jobs_queued = Arc::new(Notify::new());
         let callbacks_wake = Arc::new(Notify::new());
         let callback_settings = Arc::new(settings.callbacks);
         let callbacks = sources.values().any(|s| s.api().is_some()).then(|| {
@@ -113,6 +114,7 @@ impl Application {
                 max_attempts: settings.workers.max_attempts,
                 metrics: metrics.clone(),
                 wake: jobs_wake.clone(),
+                queued: jobs_queued.clone(),
                 callbacks: callback_settings.clone(),
                 callbacks_wake: callbacks_wake.clone(),
             })
@@ -130,6 +132,7 @@ impl Application {
             metrics: metrics.clone(),
             wake,
             jobs_wake,
+            jobs_queued,
             callbacks: callback_settings,
             callbacks_wake,
         });

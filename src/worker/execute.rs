@@ -21,8 +21,8 @@ use crate::store::{ClaimedJob, GrantRecord, JobResult, Leased, NewCallback, Sett
 pub const BATCH_FILL_WINDOW: Duration = Duration::from_millis(150);
 /// The longest a batch waits to fill while the write budget has no token for it.
 const MAX_FILL_WAIT: Duration = Duration::from_secs(5);
-/// How often a waiting batch looks for more.
-const FILL_POLL: Duration = Duration::from_millis(10);
+/// How often a waiting batch looks for more when no new jobs were announced (jobs queued by another replica).
+const FILL_POLL: Duration = Duration::from_millis(50);
 
 pub struct ExecutorContext {
     pub store: Store,
@@ -32,8 +32,10 @@ pub struct ExecutorContext {
     pub poll: Duration,
     pub max_attempts: i64,
     pub metrics: Arc<Metrics>,
-    /// Notified when a decision queued new jobs.
+    /// Notified when a decision queued new jobs: wakes one idle executor per batch of them.
     pub wake: Arc<Notify>,
+    /// Notified (all waiters) whenever jobs were queued in this process: batches waiting to fill look again.
+    pub queued: Arc<Notify>,
     /// What is posted back to tickets once their grants are done.
     pub callbacks: Arc<CallbackSettings>,
     /// Notified when callbacks were enqueued.
@@ -90,7 +92,12 @@ impl Executor {
             if elapsed >= until {
                 break;
             }
-            tokio::time::sleep((until - elapsed).min(FILL_POLL)).await;
+            // Looks again when new jobs were queued in this process (or, for other replicas' jobs, after a while).
+            let queued = self.ctx.queued.notified();
+            tokio::select! {
+                () = queued => {}
+                () = tokio::time::sleep((until - elapsed).min(FILL_POLL)) => {}
+            }
             let now = unix_millis(SystemTime::now());
             let room = MAX_MEMBERS_PER_PATCH - jobs.len();
             jobs = self.ctx.store.claim_more(&self.id, &key, now, self.ctx.lease, room).await?;

@@ -32,8 +32,10 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// Notified by the intake when it stored new events.
     pub wake: Arc<Notify>,
-    /// Notified when a decision queued grant jobs.
+    /// Notified when a decision queued grant jobs: one idle executor per batch of them.
     pub jobs_wake: Arc<Notify>,
+    /// Notified (all waiters) when a decision queued grant jobs: batches waiting to fill look again.
+    pub jobs_queued: Arc<Notify>,
     /// What is posted back to tickets; callbacks are enqueued with the decision that they report.
     pub callbacks: Arc<CallbackSettings>,
     /// Notified when callbacks were enqueued.
@@ -94,6 +96,9 @@ impl Worker {
         // One executor per batch of new grants: a new job wakes one of them, not every idle one.
         for _ in 0..queued_jobs.div_ceil(crate::providers::MAX_MEMBERS_PER_PATCH) {
             self.ctx.jobs_wake.notify_one();
+        }
+        if queued_jobs > 0 {
+            self.ctx.jobs_queued.notify_waiters();
         }
         Ok(true)
     }
