@@ -8,3 +8,4 @@ mod common;
 mod normalize;
 mod pipeline;
 mod reconcile;
+mod scenarios;

@@ -1,0 +1,647 @@
+//! End-to-end scenarios, black box: the service on a random port, real signed webhooks over HTTP, and fakes on
+//! loopback for the token endpoint, Graph, Jira Service Management and ServiceNow. Each scenario checks what the
+//! fakes received: the writes to Graph, the comments and work notes, the transitions and states.
+
+use grantbridge::startup::Application;
+use grantbridge::store::Store;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::both_backends;
+use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
+
+const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
+const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
+const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
+const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
+const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
+const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
+const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+/// The Jira issue id of ACCESS-42 in the fixtures: callbacks address the issue by id, which survives a move.
+const ISSUE_ID: &str = "10042";
+
+const PORTAL_RULE: &str = r#"
+[[policy.rules]]
+name = "portal-access"
+request_types = ["Permissions portal access"]
+[[policy.rules.grants]]
+kind = "group_member"
+group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
+label = "EPM - User Portal Access"
+"#;
+
+const PIM_RULE: &str = r#"
+[[policy.rules]]
+name = "billing-admins-pim"
+request_types = ["Permissions portal access"]
+default_duration = "8h"
+[[policy.rules.grants]]
+kind = "pim_group"
+group_id = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01"
+access = "member"
+label = "Billing Administrators (PIM)"
+"#;
+
+/// Granted outcomes go to the ticket as internal notes; Jira requests are then resolved.
+const CALLBACKS: &str = r#"
+[callbacks.granted]
+visibility = "internal"
+[callbacks.sources.jira.granted]
+transition = "Resolve this issue"
+"#;
+
+struct Fakes {
+    jira: MockServer,
+    servicenow: MockServer,
+    entra: MockServer,
+}
+
+struct TestApp {
+    worker: grantbridge::worker::Worker,
+    executor: grantbridge::worker::Executor,
+    callbacker: grantbridge::callbacks::Callbacker,
+    /// A second worker, executor and callbacker, as another replica would run them.
+    others: (grantbridge::worker::Worker, grantbridge::worker::Executor, grantbridge::callbacks::Callbacker),
+    store: Store,
+    client: reqwest::Client,
+    address: String,
+    _db: TestDb,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    /// Posts a signed webhook; answers the event id and `accepted` or `duplicate`.
+    async fn send(&self, source: &str, body: String) -> (String, String) {
+        let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
+        request = request.header("Content-Type", "application/json");
+        if source == "jira" {
+            request = request.header("X-Hub-Signature", sign::hub_signature("jira-secret", body.as_bytes()));
+        } else {
+            let ts = sign::now().to_string();
+            request = request
+                .header("X-Timestamp", &ts)
+                .header("X-Signature", sign::servicenow_timestamped("sn-secret", &ts, body.as_bytes()));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let answer: Value = response.json().await.unwrap();
+        (answer["event_id"].as_str().unwrap().to_string(), answer["status"].as_str().unwrap().to_string())
+    }
+
+    async fn deliver(&self, source: &str, fixture_name: &str) -> String {
+        let (id, status) = self.send(source, std::fs::read_to_string(fixture(fixture_name)).unwrap()).await;
+        assert_eq!(status, "accepted");
+        id
+    }
+
+    /// Decides, grants and calls back until nothing is due.
+    async fn settle(&self) {
+        self.worker.run_pending().await.unwrap();
+        self.executor.run_pending().await.unwrap();
+        self.callbacker.run_pending().await.unwrap();
+    }
+
+    async fn outcome(&self, event_id: &str) -> Value {
+        let id = grantbridge::domain::EventId::parse(event_id).unwrap();
+        let stored = self.store.decision(id).await.unwrap().expect("a decision is stored");
+        serde_json::from_str::<Value>(&stored.detail).unwrap()["decision"].clone()
+    }
+
+    /// Makes every queued callback due now, instead of waiting out its back-off.
+    async fn callbacks_due_now(&self) {
+        let sql = "UPDATE callbacks SET next_attempt_at_ms = 0 WHERE state = 'queued'";
+        match &self.store {
+            Store::Sqlite(sqlite) => sqlx::query(sql).execute(&sqlite.pool).await.unwrap().rows_affected(),
+            Store::Postgres(pool) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
+        };
+    }
+}
+
+async fn fakes() -> Fakes {
+    let fakes = Fakes {
+        jira: MockServer::start().await,
+        servicenow: MockServer::start().await,
+        entra: MockServer::start().await,
+    };
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
+        )
+        .mount(&fakes.entra)
+        .await;
+    let user = |id: &str, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true});
+    for (id, upn) in [(RILEY_ID, "riley.requester@example.com"), (AVERY_ID, "avery.approver@example.com")] {
+        Mock::given(method("GET"))
+            .and(path(format!("/v1.0/users/{upn}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(user(id, upn)))
+            .mount(&fakes.entra)
+            .await;
+    }
+    for (group, name) in [(PORTAL_GROUP, "EPM - User Portal Access"), (PIM_GROUP, "Billing Administrators")] {
+        Mock::given(method("GET"))
+            .and(path(format!("/v1.0/groups/{group}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": group, "displayName": name, "groupTypes": [], "onPremisesSyncEnabled": null,
+                "isAssignableToRole": false
+            })))
+            .mount(&fakes.entra)
+            .await;
+    }
+    fakes
+}
+
+fn config(fakes: &Fakes, dir: &TempDir, policy: &str) -> String {
+    let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
+    let (jira_secret, sn_secret, token, password, client_secret) = (
+        s("j", "jira-secret"),
+        s("s", "sn-secret"),
+        s("t", "jira-api-token"),
+        s("p", "sn-password"),
+        s("c", "entra-client-secret"),
+    );
+    format!(
+        r#"
+[server]
+workers = 1
+[workers]
+count = 0
+
+[sources.jira]
+kind = "jira"
+[[sources.jira.verify]]
+scheme = "jira_hub_signature"
+secrets = [{{ file = "{jira_secret}" }}]
+[sources.jira.ticket]
+request_type_field = "customfield_10010"
+approvals_field = "customfield_10020"
+[sources.jira.api]
+base_url = "{jira}"
+auth = {{ kind = "basic", email = "bot@example.com", api_token = {{ file = "{token}" }} }}
+
+[sources.servicenow]
+kind = "servicenow"
+[[sources.servicenow.verify]]
+scheme = "hmac_sha256"
+header = "X-Signature"
+timestamp_header = "X-Timestamp"
+secrets = [{{ file = "{sn_secret}" }}]
+[sources.servicenow.api]
+base_url = "{servicenow}"
+auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{password}" }} }}
+
+[entra]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+client_secret = {{ file = "{client_secret}" }}
+authority = "{entra}"
+graph_url = "{entra}/v1.0"
+arm_url = "{entra}"
+{CALLBACKS}
+{policy}
+"#,
+        jira = fakes.jira.uri(),
+        servicenow = fakes.servicenow.uri(),
+        entra = fakes.entra.uri(),
+    )
+}
+
+async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let dir = TempDir::new();
+    let settings = settings_from(&config(fakes, &dir, policy), &db);
+    let app = Application::build(settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let worker = app.worker();
+    let executor = app.executor().expect("an Entra tenant is configured");
+    let callbacker = app.callbacker().expect("the sources have ticketing APIs");
+    let others = (app.worker(), app.executor().unwrap(), app.callbacker().unwrap());
+    let store = db.store().await;
+    tokio::spawn(app.run_until_stopped());
+    TestApp { worker, executor, callbacker, others, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
+}
+
+fn json_fixture(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+}
+
+/// ServiceNow's Table API: the RITM read back as `record`, Avery's approval, and updates of the RITM.
+async fn servicenow_says(fakes: &Fakes, record: &str) {
+    Mock::given(method("GET"))
+        .and(path(format!("/api/now/table/sc_req_item/{SYS_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(record)))
+        .mount(&fakes.servicenow)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/now/table/sysapproval_approver"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture("servicenow/table-approvals.json")))
+        .mount(&fakes.servicenow)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/now/table/sys_user/46d44a5fa9fe198101e4d1c2b8a1e9a8"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": "46d44a5fa9fe198101e4d1c2b8a1e9a8", "user_name": "avery.approver", "email": "avery.approver@example.com"}})))
+        .mount(&fakes.servicenow)
+        .await;
+    // The Table API answers an update with the record's fields asked for in sysparm_fields.
+    Mock::given(method("PATCH"))
+        .and(path(format!("/api/now/table/sc_req_item/{SYS_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": SYS_ID}})))
+        .mount(&fakes.servicenow)
+        .await;
+}
+
+/// Jira: the request's approvals and the issue read back, the comments, transitions offered and made.
+async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
+    Mock::given(method("GET"))
+        .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(approvals))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/issue/ACCESS-42"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(issue))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/transitions$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expand": "transitions",
+            "transitions": [
+                {"id": "21", "name": "Pending", "to": {"id": "10003", "name": "Pending"}},
+                {"id": "31", "name": "Resolve this issue", "to": {"id": "10004", "name": "Resolved"}}
+            ]
+        })))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/transitions$"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/comment$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"startAt": 0, "maxResults": 100, "total": 0, "comments": []})),
+        )
+        .mount(&fakes.jira)
+        .await;
+}
+
+/// JSM answers a new request comment with 201 and the comment.
+fn comment_created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "id": "1000", "body": "(posted)", "public": false, "author": {"accountId": "bot"},
+        "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
+    }))
+}
+
+async fn jsm_comments_accepted(fakes: &Fakes) {
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/servicedeskapi/request/(10042|ACCESS-42)/comment$"))
+        .respond_with(comment_created())
+        .mount(&fakes.jira)
+        .await;
+}
+
+/// Jira Service Management down (`503`) until the flag is set, then taking comments.
+struct DownUntil(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl wiremock::Respond for DownUntil {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            comment_created()
+        } else {
+            ResponseTemplate::new(503).set_body_string("Service Unavailable")
+        }
+    }
+}
+
+fn jira_issue() -> Value {
+    json_fixture("jira/issue-updated-approved.json")["issue"].clone()
+}
+
+async fn group_member_writes_accepted(fakes: &Fakes) {
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fakes.entra)
+        .await;
+}
+
+/// Every request to `server` other than a GET.
+async fn writes(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap().into_iter().filter(|r| r.method.as_str() != "GET").collect()
+}
+
+/// Writes to Graph (the token endpoint aside).
+async fn graph_writes(fakes: &Fakes) -> Vec<Request> {
+    writes(&fakes.entra).await.into_iter().filter(|r| r.url.path().starts_with("/v1.0/")).collect()
+}
+
+fn body(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).unwrap()
+}
+
+/// The one Graph write: Riley added to the portal group with `members@odata.bind`.
+async fn assert_riley_added_once(fakes: &Fakes) {
+    let writes = graph_writes(fakes).await;
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].method.as_str(), writes[0].url.path()), ("PATCH", &*format!("/v1.0/groups/{PORTAL_GROUP}")));
+    let bound = body(&writes[0])["members@odata.bind"].clone();
+    assert_eq!(bound.as_array().map(Vec::len), Some(1), "{bound}");
+    assert!(bound[0].as_str().unwrap().ends_with(&format!("/directoryObjects/{RILEY_ID}")), "{bound}");
+}
+
+/// The one ServiceNow update: a work note saying who got what, and the RITM closed complete.
+async fn assert_servicenow_closed_complete_once(fakes: &Fakes, store: &Store) {
+    let updates = writes(&fakes.servicenow).await;
+    assert_eq!(updates.len(), 1, "one update of the RITM: {updates:?}");
+    assert_eq!(updates[0].method.as_str(), "PATCH");
+    assert_eq!(updates[0].url.path(), format!("/api/now/table/sc_req_item/{SYS_ID}"));
+    let update = body(&updates[0]);
+    assert_eq!(update["state"], "3", "Closed Complete: {update}");
+    assert!(update.get("comments").is_none(), "an internal note, not a customer comment: {update}");
+    let note = update["work_notes"].as_str().unwrap();
+    assert!(note.starts_with("Access granted for RITM0010001."), "{note}");
+    assert!(note.contains("riley.requester@example.com"), "{note}");
+    assert!(note.contains("EPM - User Portal Access"), "{note}");
+    assert!(note.contains("portal-access"), "the rule is named: {note}");
+    let callbacks = store.callbacks_for_ticket("servicenow", "RITM0010001").await.unwrap();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!((callbacks[0].kind.as_str(), callbacks[0].state.as_str()), ("granted", "done"));
+    assert!(note.ends_with(&format!("(grantbridge ref: {})", callbacks[0].id)), "{note}");
+}
+
+both_backends! {
+    async fn servicenow_approved_ritm_adds_the_user_and_closes_the_ritm(backend: Backend) {
+        let fakes = fakes().await;
+        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        group_member_writes_accepted(&fakes).await;
+        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+        app.settle().await;
+
+        assert_eq!(app.outcome(&id).await["outcome"], "plan");
+        assert_riley_added_once(&fakes).await;
+        let ledger = app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap();
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(ledger[0].state, "active");
+        assert_servicenow_closed_complete_once(&fakes, &app.store).await;
+    }
+}
+
+#[tokio::test]
+async fn jsm_approved_request_gets_a_time_bound_pim_membership_and_is_resolved() {
+    let fakes = fakes().await;
+    jira_says(&fakes, json_fixture("jira/approvals-approved.json"), jira_issue()).await;
+    jsm_comments_accepted(&fakes).await;
+    Mock::given(method("POST"))
+        .and(path("/v1.0/identityGovernance/privilegedAccess/group/assignmentScheduleRequests"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "id": "9f1c7d52-4a3b-4e6c-8d2f-1a0b9c8e7d65", "status": "Provisioned", "action": "adminAssign",
+            "accessId": "member", "principalId": RILEY_ID, "groupId": PIM_GROUP
+        })))
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, PIM_RULE).await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    app.settle().await;
+    assert_eq!(app.outcome(&id).await["outcome"], "plan");
+
+    let writes_to_graph = graph_writes(&fakes).await;
+    assert_eq!(writes_to_graph.len(), 1, "{writes_to_graph:?}");
+    assert_eq!(writes_to_graph[0].method.as_str(), "POST");
+    let request = body(&writes_to_graph[0]);
+    assert_eq!(request["action"], "adminAssign");
+    assert_eq!(request["accessId"], "member");
+    assert_eq!(request["principalId"], RILEY_ID);
+    assert_eq!(request["groupId"], PIM_GROUP);
+    assert_eq!(request["ticketInfo"]["ticketNumber"], "ACCESS-42", "{request}");
+    assert_eq!(request["ticketInfo"]["ticketSystem"], "Jira", "{request}");
+    assert_eq!(request["scheduleInfo"]["expiration"], json!({"type": "afterDuration", "duration": "PT8H"}));
+    assert!(request["scheduleInfo"]["startDateTime"].as_str().unwrap().ends_with('Z'), "{request}");
+    let grant = &app.store.grants_for_ticket("jira", "ACCESS-42").await.unwrap()[0];
+    assert_eq!(grant.state, "active");
+    assert!(grant.expires_at_ms.is_some(), "time-bound");
+
+    let to_jira = writes(&fakes.jira).await;
+    let paths: Vec<&str> = to_jira.iter().map(|r| r.url.path()).collect();
+    assert_eq!(
+        paths,
+        [
+            format!("/rest/servicedeskapi/request/{ISSUE_ID}/comment"),
+            format!("/rest/api/3/issue/{ISSUE_ID}/transitions"),
+        ],
+        "the comment, then the transition"
+    );
+    let comment = body(&to_jira[0]);
+    assert_eq!(comment["public"], false, "an internal comment: {comment}");
+    let text = comment["body"].as_str().unwrap();
+    assert!(text.starts_with("Access granted for ACCESS-42."), "{text}");
+    assert!(text.contains("riley.requester@example.com"), "{text}");
+    assert!(text.contains("Billing Administrators (PIM)") && text.contains("until "), "{text}");
+    assert!(text.contains("(grantbridge ref: "), "{text}");
+    assert_eq!(body(&to_jira[1]), json!({"transition": {"id": "31"}}));
+    let looked_up = fakes.jira.received_requests().await.unwrap();
+    assert!(
+        looked_up.iter().any(|r| r.method.as_str() == "GET" && r.url.path().ends_with("/transitions")),
+        "the transition id was looked up by name"
+    );
+}
+
+#[tokio::test]
+async fn a_self_approved_request_is_refused_on_the_ticket_and_nothing_granted() {
+    let fakes = fakes().await;
+    let mut approvals = json_fixture("jira/approvals-approved.json");
+    approvals["values"][0]["approvers"][0]["approver"] = json!({
+        "accountId": "5b10a2844c20165700ede21g", "emailAddress": "riley.requester@example.com",
+        "displayName": "Riley Requester", "active": true
+    });
+    let mut issue = jira_issue();
+    issue["fields"]["customfield_10020"][0]["approvers"][0]["approver"] =
+        approvals["values"][0]["approvers"][0]["approver"].clone();
+    jira_says(&fakes, approvals, issue).await;
+    jsm_comments_accepted(&fakes).await;
+    group_member_writes_accepted(&fakes).await;
+    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let id = app.deliver("jira", "jira/issue-updated-self-approved.json").await;
+    app.settle().await;
+
+    let decision = app.outcome(&id).await;
+    assert_eq!(decision["code"], "self_approval", "{decision}");
+    assert!(graph_writes(&fakes).await.is_empty(), "nothing granted");
+    assert!(app.store.grants_for_ticket("jira", "ACCESS-42").await.unwrap().is_empty());
+    let to_jira = writes(&fakes.jira).await;
+    assert_eq!(to_jira.len(), 1, "one comment, no transition: {to_jira:?}");
+    assert_eq!(to_jira[0].url.path(), format!("/rest/servicedeskapi/request/{ISSUE_ID}/comment"));
+    let comment = body(&to_jira[0]);
+    assert_eq!(comment["public"], true, "the requester is told: {comment}");
+    let text = comment["body"].as_str().unwrap();
+    assert!(text.starts_with("No access was granted for ACCESS-42."), "{text}");
+    assert!(text.contains("Reason (self_approval)"), "{text}");
+    assert!(text.contains("nothing was changed in Microsoft Entra"), "{text}");
+}
+
+#[tokio::test]
+async fn servicenow_read_back_still_pending_is_refused_on_the_ritm() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-requested.json").await;
+    group_member_writes_accepted(&fakes).await;
+    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    app.settle().await;
+
+    assert_eq!(app.outcome(&id).await["code"], "not_approved");
+    assert!(graph_writes(&fakes).await.is_empty(), "nothing granted");
+    let updates = writes(&fakes.servicenow).await;
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    let update = body(&updates[0]);
+    assert_eq!(update["state"], "4", "Closed Incomplete: {update}");
+    let comment = update["comments"].as_str().unwrap();
+    assert!(comment.starts_with("No access was granted for RITM0010001."), "{comment}");
+    assert!(comment.contains("Reason (not_approved)"), "{comment}");
+    assert!(comment.contains("`requested`"), "the state read back is named: {comment}");
+}
+
+#[tokio::test]
+async fn jsm_approvals_still_pending_are_refused_on_the_request() {
+    let fakes = fakes().await;
+    jira_says(&fakes, json_fixture("jira/approvals-pending.json"), jira_issue()).await;
+    jsm_comments_accepted(&fakes).await;
+    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
+    app.settle().await;
+
+    assert_eq!(app.outcome(&id).await["code"], "not_approved");
+    assert!(graph_writes(&fakes).await.is_empty(), "nothing granted");
+    let to_jira = writes(&fakes.jira).await;
+    assert_eq!(to_jira.len(), 1, "{to_jira:?}");
+    let text = body(&to_jira[0])["body"].as_str().unwrap().to_string();
+    assert!(text.contains("Reason (not_approved)") && text.contains("still pending"), "{text}");
+}
+
+#[tokio::test]
+async fn graph_throttling_is_waited_out_then_granted_once_with_one_note() {
+    let fakes = fakes().await;
+    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1").set_body_json(json!({
+            "error": {"code": "TooManyRequests", "message": "Too many requests",
+                      "innerError": {"request-id": "r-1", "date": "2026-11-28T08:00:00"}}
+        })))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&fakes.entra)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&fakes.entra)
+        .await;
+    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+    let started = std::time::Instant::now();
+    app.settle().await;
+    // A job that gave up on the throttled write would be retried later: run whatever became due.
+    for _ in 0..10 {
+        if app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0].state == "active" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        app.settle().await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900), "Retry-After was honoured");
+
+    let patches = graph_writes(&fakes).await;
+    assert_eq!(patches.len(), 3, "two throttled writes, one that went through");
+    assert!(patches.iter().all(|p| body(p) == body(&patches[2])), "the same write each time");
+    assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap()[0].state, "active");
+    app.settle().await;
+    assert_servicenow_closed_complete_once(&fakes, &app.store).await;
+}
+
+both_backends! {
+    async fn jira_down_when_granted_gets_its_comment_once_after_it_recovers(backend: Backend) {
+        let fakes = fakes().await;
+        jira_says(&fakes, json_fixture("jira/approvals-approved.json"), jira_issue()).await;
+        group_member_writes_accepted(&fakes).await;
+        let jira_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/rest/servicedeskapi/request/(10042|ACCESS-42)/comment$"))
+            .respond_with(DownUntil(jira_up.clone()))
+            .mount(&fakes.jira)
+            .await;
+        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        app.deliver("jira", "jira/issue-updated-approved.json").await;
+        app.settle().await;
+
+        assert_riley_added_once(&fakes).await;
+        let comment_posts = || async {
+            writes(&fakes.jira).await.into_iter().filter(|r| r.url.path().ends_with("/comment")).collect::<Vec<_>>()
+        };
+        assert_eq!(comment_posts().await.len(), 1, "one attempt, no retry inside it");
+        let callbacks = app.store.callbacks_for_ticket("jira", "ACCESS-42").await.unwrap();
+        assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+        let pending = &callbacks[0];
+        assert_eq!((pending.kind.as_str(), pending.state.as_str(), pending.attempts), ("granted", "queued", 1));
+        assert!(pending.last_error.as_deref().unwrap().contains("503"), "{pending:?}");
+        assert!(pending.next_attempt_at_ms > grantbridge::inbound::unix_millis(std::time::SystemTime::now()));
+        assert_eq!(app.callbacker.run_pending().await.unwrap(), 0, "not due before its back-off");
+
+        jira_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        app.callbacks_due_now().await;
+        assert_eq!(app.callbacker.run_pending().await.unwrap(), 1);
+        app.callbacks_due_now().await;
+        assert_eq!(app.callbacker.run_pending().await.unwrap(), 0, "nothing left");
+
+        let posted = comment_posts().await;
+        assert_eq!(posted.len(), 2, "the failed post and the one that arrived");
+        let text = body(&posted[1])["body"].as_str().unwrap().to_string();
+        assert!(text.starts_with("Access granted for ACCESS-42.") && text.contains("EPM - User Portal Access"), "{text}");
+        assert!(text.ends_with(&format!("(grantbridge ref: {})", pending.id)), "{text}");
+        let reads = fakes.jira.received_requests().await.unwrap();
+        assert!(
+            reads.iter().any(|r| r.method.as_str() == "GET" && r.url.path() == format!("/rest/api/3/issue/{ISSUE_ID}/comment")),
+            "the retry looked for an earlier post first"
+        );
+        let done = app.store.callback(&pending.id).await.unwrap().unwrap();
+        assert_eq!((done.state.as_str(), done.attempts), ("done", 2));
+    }
+}
+
+both_backends! {
+    async fn one_event_delivered_three_times_at_once_is_granted_and_reported_once(backend: Backend) {
+        let fakes = fakes().await;
+        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        group_member_writes_accepted(&fakes).await;
+        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        let payload = std::fs::read_to_string(fixture("servicenow/ritm-approved.json")).unwrap();
+        let (a, b, c) = tokio::join!(
+            app.send("servicenow", payload.clone()),
+            app.send("servicenow", payload.clone()),
+            app.send("servicenow", payload)
+        );
+        assert!(a.0 == b.0 && b.0 == c.0, "one event: {a:?} {b:?} {c:?}");
+        let mut statuses = [a.1, b.1, c.1];
+        statuses.sort();
+        assert_eq!(statuses, ["accepted", "duplicate", "duplicate"]);
+
+        // Two replicas' worth of workers, executors and callbackers, all at once.
+        let (worker, executor, callbacker) = &app.others;
+        let (first, second) = tokio::join!(app.worker.run_pending(), worker.run_pending());
+        assert_eq!(first.unwrap() + second.unwrap(), 1, "one decision");
+        let (first, second) = tokio::join!(app.executor.run_pending(), executor.run_pending());
+        assert_eq!(first.unwrap() + second.unwrap(), 1, "one grant job");
+        let (first, second) = tokio::join!(app.callbacker.run_pending(), callbacker.run_pending());
+        assert_eq!(first.unwrap() + second.unwrap(), 1, "one callback");
+
+        assert_riley_added_once(&fakes).await;
+        assert_eq!(app.store.grants_for_ticket("servicenow", "RITM0010001").await.unwrap().len(), 1);
+        assert_servicenow_closed_complete_once(&fakes, &app.store).await;
+    }
+}
