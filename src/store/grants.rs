@@ -301,23 +301,24 @@ impl Store {
         owner: &str,
         now_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        Ok(self.finish_jobs_reporting(outcomes, owner, now_ms, &|_| Vec::new()).await?.0)
+        Ok(self.finish_jobs_reporting(outcomes, owner, now_ms, None).await?.0)
     }
 
     /// [`Store::finish_jobs`], and in the same transaction the callbacks `report` renders for what is now settled:
     /// each event whose grants have all been executed (active or failed), each grant whose revocation is done.
-    /// Returns, with the kept flags, how many callbacks were new.
+    /// Returns, with the kept flags, how many callbacks were new. Without `report`, nothing is looked at.
     pub async fn finish_jobs_reporting(
         &self,
         outcomes: &[(&ClaimedJob, JobResult)],
         owner: &str,
         now_ms: i64,
-        report: &(dyn Fn(Settled<'_>) -> Vec<NewCallback> + Sync),
+        report: Option<&(dyn Fn(Settled<'_>) -> Vec<NewCallback> + Sync)>,
     ) -> Result<(Vec<bool>, u64), StoreError> {
         // On PostgreSQL, two executors finishing an event's last two grants must not both see the other's pending.
+        // (SQLite runs one write transaction at a time already.)
         let lock_event = match self {
-            Store::Postgres(_) => "SELECT id FROM events WHERE id = $1 FOR UPDATE",
-            Store::Sqlite(_) => "SELECT id FROM events WHERE id = $1",
+            Store::Postgres(_) => Some("SELECT id FROM events WHERE id = $1 FOR UPDATE"),
+            Store::Sqlite(_) => None,
         };
         let grants_of_event = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE event_id = $1");
         on_pool!(
@@ -376,35 +377,35 @@ impl Store {
                 let mut events: Vec<&str> = outcomes
                     .iter()
                     .zip(&kept)
-                    .filter(|(o, k)| **k && finished(o))
+                    .filter(|(o, k)| report.is_some() && **k && finished(o))
                     .map(|((job, _), _)| job.grant.event_id.as_str())
                     .collect();
                 events.sort_unstable();
                 events.dedup();
                 let mut callbacks = Vec::new();
                 for event_id in events {
-                    sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
-                    let pending: i64 =
-                        sqlx::query_scalar("SELECT COUNT(*) FROM grants WHERE event_id = $1 AND state = 'pending'")
-                            .bind(event_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    if pending > 0 {
+                    if let Some(lock_event) = lock_event {
+                        sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
+                    }
+                    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
+                        .bind(event_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
+                    if grants.iter().any(|g| g.state == "pending") {
                         continue;
                     }
                     let detail: Option<String> = sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
                         .bind(event_id)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
-                        .bind(event_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
                     let detail = detail.unwrap_or_default();
-                    callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
+                    if let Some(report) = report {
+                        callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
+                    }
                 }
                 for ((job, result), kept) in outcomes.iter().zip(&kept) {
+                    let Some(report) = report else { break };
                     if *kept && job.kind == "revoke" && matches!(result, JobResult::Done { .. }) {
                         let detail: Option<String> =
                             sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")

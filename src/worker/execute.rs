@@ -34,7 +34,7 @@ pub struct ExecutorContext {
     pub metrics: Arc<Metrics>,
     /// Notified when a decision queued new jobs: wakes one idle executor per batch of them.
     pub wake: Arc<Notify>,
-    /// Notified (all waiters) whenever jobs were queued in this process: batches waiting to fill look again.
+    /// Notified whenever jobs were queued in this process: a batch waiting to fill looks again.
     pub queued: Arc<Notify>,
     /// What is posted back to tickets once their grants are done.
     pub callbacks: Arc<CallbackSettings>,
@@ -66,11 +66,18 @@ impl Executor {
                 .await;
         let now = unix_millis(SystemTime::now());
         let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
-        let report = |settled: Settled<'_>| self.report(settled);
-        let (kept, callbacks) = self.ctx.store.finish_jobs_reporting(&outcomes, &self.id, now, &report).await?;
-        if callbacks > 0 {
-            self.ctx.callbacks_wake.notify_one();
-        }
+        let kept = if self.ctx.sources.values().any(|s| s.api().is_some()) {
+            let report = |settled: Settled<'_>| self.report(settled);
+            let (kept, callbacks) =
+                self.ctx.store.finish_jobs_reporting(&outcomes, &self.id, now, Some(&report)).await?;
+            if callbacks > 0 {
+                self.ctx.callbacks_wake.notify_one();
+            }
+            kept
+        } else {
+            // No ticketing API to post to: nothing to report.
+            self.ctx.store.finish_jobs(&outcomes, &self.id, now).await?
+        };
         for ((job, _), kept) in outcomes.iter().zip(kept) {
             if !kept {
                 tracing::warn!(job = %job.id, "lease lost while executing: another executor took the job over");

@@ -34,7 +34,7 @@ pub struct WorkerContext {
     pub wake: Arc<Notify>,
     /// Notified when a decision queued grant jobs: one idle executor per batch of them.
     pub jobs_wake: Arc<Notify>,
-    /// Notified (all waiters) when a decision queued grant jobs: batches waiting to fill look again.
+    /// Notified when a decision queued grant jobs: a batch waiting to fill looks again.
     pub jobs_queued: Arc<Notify>,
     /// What is posted back to tickets; callbacks are enqueued with the decision that they report.
     pub callbacks: Arc<CallbackSettings>,
@@ -98,7 +98,8 @@ impl Worker {
             self.ctx.jobs_wake.notify_one();
         }
         if queued_jobs > 0 {
-            self.ctx.jobs_queued.notify_waiters();
+            // One waiting batch looks; the others look again on their own within the poll interval.
+            self.ctx.jobs_queued.notify_one();
         }
         Ok(true)
     }
