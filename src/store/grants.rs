@@ -74,6 +74,9 @@ pub enum Settled<'a> {
     Revoked { decision_detail: &'a str, grant: &'a GrantRecord },
 }
 
+/// Renders what the ticket is told about what a batch settled.
+pub type Report<'a> = &'a (dyn Fn(Settled<'_>) -> Vec<NewCallback> + Sync);
+
 /// How a job ended.
 #[derive(Debug, Clone)]
 pub enum JobResult {
@@ -312,7 +315,7 @@ impl Store {
         outcomes: &[(&ClaimedJob, JobResult)],
         owner: &str,
         now_ms: i64,
-        report: Option<&(dyn Fn(Settled<'_>) -> Vec<NewCallback> + Sync)>,
+        report: Option<Report<'_>>,
     ) -> Result<(Vec<bool>, u64), StoreError> {
         // On PostgreSQL, two executors finishing an event's last two grants must not both see the other's pending.
         // (SQLite runs one write transaction at a time already.)
