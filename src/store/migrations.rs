@@ -10,12 +10,14 @@ pub(super) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../migrations/sqlite/0001_events.sql") },
     Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/sqlite/0002_decisions.sql") },
     Migration { version: 3, name: "grants", sql: include_str!("../../migrations/sqlite/0003_grants.sql") },
+    Migration { version: 4, name: "audit", sql: include_str!("../../migrations/sqlite/0004_audit.sql") },
 ];
 
 pub(super) const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../migrations/postgres/0001_events.sql") },
     Migration { version: 2, name: "decisions", sql: include_str!("../../migrations/postgres/0002_decisions.sql") },
     Migration { version: 3, name: "grants", sql: include_str!("../../migrations/postgres/0003_grants.sql") },
+    Migration { version: 4, name: "audit", sql: include_str!("../../migrations/postgres/0004_audit.sql") },
 ];
 
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

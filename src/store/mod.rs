@@ -3,6 +3,7 @@
 //! Both backends run the same SQL where the dialects agree (sqlx's SQLite driver accepts `$N` placeholders),
 //! so behaviour cannot drift between them; `on_pool!` expands one body for each.
 
+mod audit;
 mod decisions;
 mod grants;
 mod migrations;
@@ -15,10 +16,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::audit::AuditEntry;
 use crate::config::DatabaseSettings;
 use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
+pub(crate) use audit::AppendAudit;
+pub use audit::PAGE as AUDIT_PAGE;
 pub use decisions::{ClaimedEvent, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant};
 
@@ -214,8 +218,19 @@ impl Store {
     }
 
     /// Stores a batch of events in one transaction (one commit, one fsync), de-duplicating each on
-    /// (source, dedup_key). Either every event of the batch is durable or none is.
+    /// (source, dedup_key), with a `received` or `duplicate` audit entry for each. Either every event of the
+    /// batch is durable or none is.
     pub async fn insert_events(&self, events: &[&IncomingEvent]) -> Result<Vec<Inserted>, StoreError> {
+        self.insert_events_audited(events, &[]).await
+    }
+
+    /// `insert_events`, also appending `also` (steps with no transaction of their own, such as refused
+    /// deliveries) to the audit trail in the same transaction.
+    pub async fn insert_events_audited(
+        &self,
+        events: &[&IncomingEvent],
+        also: &[AuditEntry],
+    ) -> Result<Vec<Inserted>, StoreError> {
         on_pool!(
             self,
             write | pool,
@@ -262,6 +277,9 @@ impl Store {
                 if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
                     notify_replicas(self, &mut tx, WORK_EVENTS).await?;
                 }
+                let mut entries = audit::intake_entries(events, &outcomes);
+                entries.extend_from_slice(also);
+                tx.append_audit(unix_millis(SystemTime::now()), &entries).await?;
                 tx.commit().await?;
                 Ok(outcomes)
             }

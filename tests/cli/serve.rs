@@ -180,7 +180,7 @@ fn migrate_applies_the_schema_once() {
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let first = run(&["migrate"], &[("GRANTBRIDGE_DATABASE_URL", &url)]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3]"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3, 4]"));
     let second = run(&["migrate"], &[("GRANTBRIDGE_DATABASE_URL", &url)]);
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
