@@ -17,6 +17,7 @@ pub struct Metrics {
     verification_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     jobs: Mutex<BTreeMap<(String, &'static str), u64>>,
+    audit_dropped: Mutex<BTreeMap<(String, &'static str), u64>>,
     duration: Histogram,
 }
 
@@ -55,6 +56,11 @@ impl Metrics {
         bump(&self.jobs, kind, outcome);
     }
 
+    /// An audit entry that could not be queued (the audit queue was full), by source and entry kind.
+    pub fn record_audit_dropped(&self, source: &str, kind: &'static str) {
+        bump(&self.audit_dropped, source, kind);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
@@ -84,6 +90,13 @@ impl Metrics {
             "Grant and revoke jobs by grant kind and outcome (granted, already, revoked, retry, dead).",
             ("kind", "outcome"),
             &self.jobs,
+        );
+        render_counter(
+            &mut out,
+            "grantbridge_audit_entries_dropped_total",
+            "Audit entries dropped because the audit queue was full, by source and kind.",
+            ("source", "kind"),
+            &self.audit_dropped,
         );
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");
