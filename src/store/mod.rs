@@ -237,10 +237,11 @@ impl Store {
             begin | {
                 let mut tx = pool.begin_with(begin).await?;
                 let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+                let anonymous = matches!(self, Store::Sqlite(_));
                 // One statement per chunk: the per-statement cost, not the rows, is what limits the single writer.
                 for chunk in events.chunks(self.insert_chunk()) {
                     let mut query =
-                        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
+                        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(chunk.len(), anonymous)));
                     for e in chunk {
                         query = query
                             .bind(e.id.to_string())
@@ -319,17 +320,23 @@ impl Store {
 /// Rows per SQLite INSERT statement: 10 parameters each, well under SQLite's limit of 32,766.
 const INSERT_CHUNK: usize = 500;
 
-fn insert_events_sql(rows: usize) -> String {
+/// `anonymous`: `?` parameters, for SQLite, which looks each numbered parameter's name up in a list, so that
+/// binding a 500-row statement's `$N` costs time quadratic in their number. PostgreSQL needs `$N`.
+fn insert_events_sql(rows: usize, anonymous: bool) -> String {
     let mut sql = String::from(
         "INSERT INTO events
              (id, source, dedup_key, replay_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
          VALUES ",
     );
     for row in 0..rows {
-        let p = row * 10;
         if row > 0 {
             sql.push(',');
         }
+        if anonymous {
+            sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
+            continue;
+        }
+        let p = row * 10;
         sql.push_str(&format!(
             "(${},${},${},${},${},${},${},${},${},${})",
             p + 1,
