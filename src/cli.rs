@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `migrate`, `plan`, `send`, `reconcile`.
+//! The command line: `serve`, `check-config`, `migrate`, `plan`, `send`, `reconcile`, `audit verify`, `audit export`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use crate::audit::Anchor;
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseSettings, EnvOverrides, LogFormat, LogSettings, Settings};
 use crate::decide::{self, Decider};
 use crate::inbound::schemes::Outgoing;
@@ -79,6 +80,36 @@ enum Command {
         #[arg(long, value_name = "PEM")]
         signing_key: Option<PathBuf>,
     },
+    /// Check or export the audit trail, the hash-chained record of every step (uses only the database).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every entry's hash and link: exit 0 and print the count and the head (keep it), or exit 1 and
+    /// name the first broken entry.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A head printed by an earlier verify or export, that the chain must still contain. Without it,
+        /// entries removed from the end of the chain cannot be noticed.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<Anchor>,
+    },
+    /// Write the entries as JSON lines (every field, both hashes), for a SIEM.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only the entries after this seq: the last seq of the previous export.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after_seq: i64,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// A ticket payload and the configured source it is read as.
@@ -118,6 +149,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plan { event, json, confirm } => plan(&event, json, confirm).await,
         Command::Send { event, url, signing_key } => send(&event, url.as_deref(), signing_key.as_deref()).await,
         Command::Reconcile { config, dry_run, json } => reconcile(&config, dry_run, json).await,
+        Command::Audit { command: AuditCommand::Verify { config, expect_head } } => {
+            audit_verify(&config, expect_head).await
+        }
+        Command::Audit { command: AuditCommand::Export { config, after_seq, output } } => {
+            audit_export(&config, after_seq, output.as_deref()).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -261,6 +298,72 @@ async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
         println!("{}: schema is up to date", database.display_url());
     } else {
         println!("{}: applied migrations {applied:?}", database.display_url());
+    }
+    Ok(())
+}
+
+/// The database of a config file, for commands that need nothing else. Logging stays off: standard output
+/// is the command's own.
+async fn open_database(config: &Path) -> anyhow::Result<(Store, String)> {
+    let settings = Settings::load_without_policy(config)?;
+    let display = settings.database.display_url();
+    let store =
+        Store::connect(&settings.database).await.with_context(|| format!("Failed to open the database {display}"))?;
+    Ok((store, display))
+}
+
+const NOT_MIGRATED: &str = "Failed to read the audit trail (has `grantbridge migrate` run on this database?)";
+
+async fn audit_verify(config: &Path, expect_head: Option<Anchor>) -> anyhow::Result<ExitCode> {
+    let (store, database) = open_database(config).await?;
+    let anchored = expect_head.is_some();
+    let result = store.verify_audit(expect_head).await.context(NOT_MIGRATED);
+    store.close().await;
+    match result? {
+        Ok(verified) => {
+            println!("{database}: audit trail OK, {} entries checked", verified.checked);
+            match verified.head {
+                Some(head) => println!("head: {head}"),
+                None => println!("head: none (the trail is empty)"),
+            }
+            if anchored {
+                println!("the expected head is in the chain");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            eprintln!("{database}: audit trail BROKEN at {broken}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn audit_export(config: &Path, after_seq: i64, output: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let (store, _) = open_database(config).await?;
+    let mut out: std::io::BufWriter<Box<dyn Write>> = std::io::BufWriter::new(match output {
+        Some(path) => {
+            Box::new(std::fs::File::create(path).with_context(|| format!("Failed to create {}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout()),
+    });
+    let (mut after, mut count, mut last) = (after_seq, 0u64, None);
+    loop {
+        let page = store.audit_entries(after, crate::store::AUDIT_PAGE).await.context(NOT_MIGRATED)?;
+        let Some(tail) = page.last() else { break };
+        after = tail.seq;
+        last = Some(tail.head());
+        for record in &page {
+            writeln!(out, "{}", record.to_json_line()).context("Failed to write the export")?;
+        }
+        count += page.len() as u64;
+    }
+    out.flush().context("Failed to write the export")?;
+    store.close().await;
+    match last {
+        Some(head) => eprintln!("exported {count} entries after seq {after_seq}; head: {head}"),
+        None => eprintln!("exported 0 entries: none after seq {after_seq}"),
     }
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! Group commit: concurrent webhook requests hand their events to one writer task, which stores whatever has
 //! queued up in a single transaction. One fsync then acknowledges many requests, which is what lets durable
 //! (synchronous=FULL) intake keep up with thousands of requests per second.
+//!
+//! The same writer records refused deliveries in the audit trail. Those come through a second bounded queue
+//! that a request never waits on: an entry is offered, and dropped (the caller counts and logs it) when the
+//! queue is full. A flood of forged requests therefore costs the store at most a queue's worth of entries per
+//! batch and never delays a genuine webhook's answer; the entries join the next batch's transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::audit::AuditEntry;
 use crate::config::IntakeSettings;
 use crate::domain::IncomingEvent;
 use crate::store::{Inserted, Store, StoreError};
@@ -21,6 +27,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct Intake {
     queue: mpsc::Sender<Pending>,
+    audit: mpsc::Sender<AuditEntry>,
     timeout: Duration,
 }
 
@@ -34,8 +41,9 @@ impl Intake {
     /// `wake` is notified whenever new events were stored, so that workers start on them at once.
     pub fn start(store: Store, settings: &IntakeSettings, wake: Arc<Notify>) -> (Intake, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(settings.queue_capacity);
-        let writer = tokio::spawn(write_batches(store, rx, settings.max_batch, wake));
-        (Intake { queue, timeout: settings.store_timeout }, writer)
+        let (audit, audit_rx) = mpsc::channel(settings.queue_capacity);
+        let writer = tokio::spawn(write_batches(store, rx, audit_rx, settings.max_batch, wake));
+        (Intake { queue, audit, timeout: settings.store_timeout }, writer)
     }
 
     /// Resolves once the event is durably stored (or known to be a duplicate). An error means nothing may be
@@ -48,21 +56,55 @@ impl Intake {
         };
         tokio::time::timeout(self.timeout, wait).await.map_err(|_| IntakeError::Unavailable)?
     }
+
+    /// Offers an entry for the audit trail, to be written with the next batch; never waits. False when it was
+    /// dropped: the queue is full, or the writer has stopped.
+    pub fn audit(&self, entry: AuditEntry) -> bool {
+        self.audit.try_send(entry).is_ok()
+    }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch: usize, wake: Arc<Notify>) {
+/// Moves what is already queued into `into`, up to `max` items, without waiting.
+fn top_up<T>(rx: &mut mpsc::Receiver<T>, into: &mut Vec<T>, max: usize) {
+    while into.len() < max {
+        match rx.try_recv() {
+            Ok(item) => into.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
+async fn write_batches(
+    store: Store,
+    mut rx: mpsc::Receiver<Pending>,
+    mut audit_rx: mpsc::Receiver<AuditEntry>,
+    max_batch: usize,
+    wake: Arc<Notify>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    let mut audits: Vec<AuditEntry> = Vec::new();
+    let (mut events_open, mut audit_open) = (true, true);
+    while events_open || audit_open {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, max_batch), if events_open => events_open = n > 0,
+            n = audit_rx.recv_many(&mut audits, max_batch), if audit_open => audit_open = n > 0,
+        }
+        top_up(&mut rx, &mut batch, max_batch);
+        top_up(&mut audit_rx, &mut audits, max_batch);
         // A requester that gave up (timeout) must not cost a write.
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
+            if !audits.is_empty() {
+                append_refusals(&store, &mut audits).await;
+            }
             continue;
         }
         let events: Vec<&IncomingEvent> = batch.iter().map(|p| &p.event).collect();
-        let result = store.insert_events(&events).await;
+        let result = store.insert_events_audited(&events, &audits).await;
         drop(events);
         match result {
             Ok(outcomes) => {
+                audits.clear();
                 if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
                     wake.notify_waiters();
                 }
@@ -71,7 +113,7 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
                 }
             }
             // One event the store refuses must not fail the requests that happened to share its transaction.
-            Err(error) if batch.len() > 1 => {
+            Err(error) if batch.len() > 1 || !audits.is_empty() => {
                 tracing::warn!(error = %error, events = batch.len(), "batch write failed; storing its events one by one");
                 for pending in batch.drain(..) {
                     let outcome = store.insert_events(&[&pending.event]).await;
@@ -88,6 +130,7 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
                     }
                     let _ = pending.reply.send(reply);
                 }
+                append_refusals(&store, &mut audits).await;
             }
             Err(error) => {
                 log_store_error(&error, batch.len());
@@ -99,6 +142,18 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>, max_batch:
         batch.clear();
     }
     tracing::debug!("intake writer stopped: every request handle is gone");
+}
+
+/// Audit entries with no event to share a transaction with.
+async fn append_refusals(store: &Store, audits: &mut Vec<AuditEntry>) {
+    if audits.is_empty() {
+        return;
+    }
+    if let Err(error) = store.append_audit(audits).await {
+        tracing::error!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string),
+            entries = audits.len(), "could not write audit entries for refused webhooks; they are lost");
+    }
+    audits.clear();
 }
 
 fn log_store_error(error: &StoreError, count: usize) {

@@ -1,3 +1,4 @@
+pub mod audit;
 pub mod callbacks;
 pub mod cli;
 pub mod config;

@@ -20,6 +20,7 @@ pub struct Metrics {
     callbacks: Mutex<BTreeMap<(String, String, &'static str), u64>>,
     reconcile_drift: Mutex<BTreeMap<&'static str, u64>>,
     reconcile_actions: Mutex<BTreeMap<&'static str, u64>>,
+    audit_dropped: Mutex<BTreeMap<(String, &'static str), u64>>,
     duration: Histogram,
 }
 
@@ -86,6 +87,11 @@ impl Metrics {
         add(&self.reconcile_actions, action, done);
     }
 
+    /// An audit entry that could not be queued (the audit queue was full), by source and entry kind.
+    pub fn record_audit_dropped(&self, source: &str, kind: &'static str) {
+        bump(&self.audit_dropped, source, kind);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         render_counter(
@@ -143,6 +149,13 @@ impl Metrics {
             "action",
             &RECONCILE_ACTIONS,
             &self.reconcile_actions,
+        );
+        render_counter(
+            &mut out,
+            "grantbridge_audit_entries_dropped_total",
+            "Audit entries dropped because the audit queue was full, by source and kind.",
+            ("source", "kind"),
+            &self.audit_dropped,
         );
         let name = "grantbridge_webhook_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Time to answer a webhook request, including the durable write.");

@@ -3,6 +3,7 @@
 //! Both backends run the same SQL where the dialects agree (sqlx's SQLite driver accepts `$N` placeholders),
 //! so behaviour cannot drift between them; `on_pool!` expands one body for each.
 
+mod audit;
 mod callbacks;
 mod decisions;
 mod grants;
@@ -18,10 +19,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::audit::AuditEntry;
 use crate::config::DatabaseSettings;
 use crate::domain::{EventId, IncomingEvent};
 use crate::inbound::unix_millis;
 
+pub(crate) use audit::AppendAudit;
+pub use audit::PAGE as AUDIT_PAGE;
 pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
@@ -220,18 +224,30 @@ impl Store {
     }
 
     /// Stores a batch of events in one transaction (one commit, one fsync), de-duplicating each on
-    /// (source, dedup_key). Either every event of the batch is durable or none is.
+    /// (source, dedup_key), with a `received` or `duplicate` audit entry for each. Either every event of the
+    /// batch is durable or none is.
     pub async fn insert_events(&self, events: &[&IncomingEvent]) -> Result<Vec<Inserted>, StoreError> {
+        self.insert_events_audited(events, &[]).await
+    }
+
+    /// `insert_events`, also appending `also` (steps with no transaction of their own, such as refused
+    /// deliveries) to the audit trail in the same transaction.
+    pub async fn insert_events_audited(
+        &self,
+        events: &[&IncomingEvent],
+        also: &[AuditEntry],
+    ) -> Result<Vec<Inserted>, StoreError> {
         on_pool!(
             self,
             write | pool,
             begin | {
                 let mut tx = pool.begin_with(begin).await?;
                 let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+                let anonymous = matches!(self, Store::Sqlite(_));
                 // One statement per chunk: the per-statement cost, not the rows, is what limits the single writer.
                 for chunk in events.chunks(self.insert_chunk()) {
                     let mut query =
-                        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
+                        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert_events_sql(chunk.len(), anonymous)));
                     for e in chunk {
                         query = query
                             .bind(e.id.to_string())
@@ -268,6 +284,9 @@ impl Store {
                 if outcomes.iter().any(|o| matches!(o, Inserted::Accepted(_))) {
                     notify_replicas(self, &mut tx, WORK_EVENTS).await?;
                 }
+                let mut entries = audit::intake_entries(events, &outcomes);
+                entries.extend_from_slice(also);
+                tx.append_audit(unix_millis(SystemTime::now()), &entries).await?;
                 tx.commit().await?;
                 Ok(outcomes)
             }
@@ -307,17 +326,23 @@ impl Store {
 /// Rows per SQLite INSERT statement: 10 parameters each, well under SQLite's limit of 32,766.
 const INSERT_CHUNK: usize = 500;
 
-fn insert_events_sql(rows: usize) -> String {
+/// `anonymous`: `?` parameters, for SQLite, which looks each numbered parameter's name up in a list, so that
+/// binding a 500-row statement's `$N` costs time quadratic in their number. PostgreSQL needs `$N`.
+fn insert_events_sql(rows: usize, anonymous: bool) -> String {
     let mut sql = String::from(
         "INSERT INTO events
              (id, source, dedup_key, replay_key, delivery_id, scheme, body_sha256, body, meta, received_at_ms)
          VALUES ",
     );
     for row in 0..rows {
-        let p = row * 10;
         if row > 0 {
             sql.push(',');
         }
+        if anonymous {
+            sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
+            continue;
+        }
+        let p = row * 10;
         sql.push_str(&format!(
             "(${},${},${},${},${},${},${},${},${},${})",
             p + 1,

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod audit;
 mod health;
 mod helpers;
 mod openapi;

@@ -9,10 +9,10 @@ use crate::helpers::*;
 
 type Headers = Vec<(String, String)>;
 
-const JIRA_EVENT: &str = r#"{"timestamp":1606480436302,"webhookEvent":"jira:issue_updated","issue":{"id":"99291","key":"JRA-20002"},"changelog":{"id":10124,"items":[{"field":"status","fromString":"Waiting for approval","toString":"Approved"}]}}"#;
+pub(crate) const JIRA_EVENT: &str = r#"{"timestamp":1606480436302,"webhookEvent":"jira:issue_updated","issue":{"id":"99291","key":"JRA-20002"},"changelog":{"id":10124,"items":[{"field":"status","fromString":"Waiting for approval","toString":"Approved"}]}}"#;
 const SN_EVENT: &str = r#"{"table":"sc_req_item","sys_id":"9d385017c611228701d22104cc95c371","number":"RITM0010001","approval":"approved"}"#;
 
-fn jira_headers(body: &[u8], delivery: &str) -> Vec<(String, String)> {
+pub(crate) fn jira_headers(body: &[u8], delivery: &str) -> Vec<(String, String)> {
     vec![
         ("Content-Type".into(), "application/json; charset=utf-8".into()),
         ("X-Hub-Signature".into(), sign::hub_signature(JIRA_SECRET, body)),
@@ -58,7 +58,7 @@ fn connect_token(secret: &str, qsh: &str) -> Vec<(String, String)> {
     vec![("Content-Type".into(), "application/json".into()), ("Authorization".into(), format!("JWT {token}"))]
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     source: &str,
     headers: &[(String, String)],
@@ -169,13 +169,13 @@ both_backends! {
 }
 
 /// One row of the hostile-input table: what is sent, and what must come back.
-struct Bad {
-    what: &'static str,
-    source: &'static str,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    status: StatusCode,
-    code: &'static str,
+pub(crate) struct Bad {
+    pub(crate) what: &'static str,
+    pub(crate) source: &'static str,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
 }
 
 fn bad(
@@ -200,7 +200,7 @@ fn without(mut headers: Vec<(String, String)>, name: &str) -> Vec<(String, Strin
     headers
 }
 
-fn bad_requests() -> Vec<Bad> {
+pub(crate) fn bad_requests() -> Vec<Bad> {
     use StatusCode as S;
     let body = JIRA_EVENT.as_bytes().to_vec();
     let ok_jira = jira_headers(&body, "bad-1");

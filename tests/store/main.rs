@@ -8,6 +8,8 @@ mod reconcile;
 mod callbacker;
 mod callbacks;
 
+mod audit;
+
 use std::time::SystemTime;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
