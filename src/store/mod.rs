@@ -30,7 +30,7 @@ pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
-pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
+pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun, ReconcileRunSummary};
 
 #[derive(Clone)]
 pub enum Store {

@@ -5,7 +5,7 @@
 //! rows that arrive meanwhile never shift a page, and no row is returned twice.
 
 use super::grants::{GRANT_COLUMNS, GrantRow, grant_from};
-use super::{GrantRecord, Store, StoreError, on_pool};
+use super::{GrantRecord, ReconcileRunSummary, Store, StoreError, on_pool};
 use crate::domain::EventId;
 
 /// Where a page ends: the sort time and the id of its last row. The next page starts strictly after it.
@@ -358,6 +358,40 @@ impl Store {
             items.push(DeadLetter { job, grant });
         }
         Ok(Page { items, next: page.next })
+    }
+}
+
+type RunSummaryRow = (String, i64, i64, String, bool, i64, i64);
+
+impl Store {
+    /// Recorded reconciliation runs without their reports, the latest started first, after `after`.
+    pub async fn list_reconcile_runs(
+        &self,
+        after: Option<&PageKey>,
+        limit: usize,
+    ) -> Result<Page<ReconcileRunSummary>, StoreError> {
+        let mut c = Conditions::default();
+        c.after("started_at_ms", "id", after);
+        let (sql, args) = c.finish(
+            "SELECT id, started_at_ms, finished_at_ms, started_by, dry_run, drift, errors FROM reconcile_runs",
+            "started_at_ms DESC, id DESC",
+            limit,
+        );
+        let rows: Vec<RunSummaryRow> = fetch_all!(self, RunSummaryRow, sql, &args);
+        Ok(paged(
+            rows,
+            limit,
+            |r| PageKey { at_ms: r.1, id: r.0.clone() },
+            |(id, started_at_ms, finished_at_ms, started_by, dry_run, drift, errors)| ReconcileRunSummary {
+                id,
+                started_at_ms,
+                finished_at_ms,
+                started_by,
+                dry_run,
+                drift,
+                errors,
+            },
+        ))
     }
 }
 

@@ -1,8 +1,12 @@
 //! What reconciliation reads of the ledger (the grants that concern one group's membership), the runs it records,
 //! and the lock that lets one replica at a time run it.
 
-use super::{Store, StoreError, on_pool};
+use std::time::SystemTime;
+
+use super::{AppendAudit, Store, StoreError, on_pool};
+use crate::audit::AuditEntry;
 use crate::domain::{GrantTarget, PimAccess};
+use crate::inbound::unix_millis;
 
 /// The advisory lock key held by the replica that is reconciling (the migration lock is 7342016331).
 const RECONCILE_LOCK: i64 = 7_342_016_333;
@@ -41,6 +45,18 @@ pub struct ReconcileRun {
     pub errors: i64,
     /// The report, as JSON.
     pub report: String,
+}
+
+/// A recorded run without its report, as the list of runs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileRunSummary {
+    pub id: String,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub started_by: String,
+    pub dry_run: bool,
+    pub drift: i64,
+    pub errors: i64,
 }
 
 /// Deletes the runs that started before the `$1`-th latest (counting from 0); nothing while there are fewer.
@@ -114,6 +130,12 @@ impl Store {
 
     /// Records a run, and forgets the runs beyond the latest [`RECONCILE_RUNS_KEPT`], in one transaction.
     pub async fn insert_reconcile_run(&self, run: &ReconcileRun) -> Result<(), StoreError> {
+        self.record_reconcile_run(run, &[]).await
+    }
+
+    /// Records a run with its audit entries (appended last), and forgets the runs beyond the latest
+    /// [`RECONCILE_RUNS_KEPT`], in one transaction: the run and its entries are stored together or not at all.
+    pub async fn record_reconcile_run(&self, run: &ReconcileRun, audit: &[AuditEntry]) -> Result<(), StoreError> {
         on_pool!(
             self,
             write | pool,
@@ -135,6 +157,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(PRUNE_RUNS).bind(RECONCILE_RUNS_KEPT - 1).execute(&mut *tx).await?;
+                tx.append_audit(unix_millis(SystemTime::now()), audit).await?;
                 tx.commit().await?;
                 Ok(())
             }

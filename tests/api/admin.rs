@@ -20,6 +20,7 @@ use crate::both_backends;
 use crate::common::{Backend, fixture};
 use crate::helpers::*;
 use crate::openapi::{Answer, assert_documented, spec};
+use crate::reconcile_runs::{SEEDED_RUN, seed_run};
 
 pub const TENANT: &str = "8eaef023-2b34-4da1-9baa-8bc8c9d6a490";
 pub const AUDIENCE: &str = "api://grantbridge";
@@ -168,7 +169,13 @@ async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
     response.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_string()
 }
 
-async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Answer {
+pub(crate) async fn send(
+    app: &TestApp,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Answer {
     let mut request = app.client.request(method.clone(), app.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -179,7 +186,7 @@ async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>, b
     Answer::from(request.send().await.unwrap()).await
 }
 
-async fn get(app: &TestApp, path: &str, token: &str) -> Answer {
+pub(crate) async fn get(app: &TestApp, path: &str, token: &str) -> Answer {
     send(app, &Method::GET, path, Some(token), None).await
 }
 
@@ -204,6 +211,8 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         route(Method::GET, "/v1/events/{id}", format!("/v1/events/{event_id}"), None),
         route(Method::GET, "/v1/grants", "/v1/grants?state=pending".into(), None),
         route(Method::GET, "/v1/dead-letters", "/v1/dead-letters".into(), None),
+        route(Method::GET, "/v1/reconcile/runs", "/v1/reconcile/runs?limit=5".into(), None),
+        route(Method::GET, "/v1/reconcile/runs/{id}", format!("/v1/reconcile/runs/{SEEDED_RUN}"), None),
         route(Method::POST, "/v1/plan", "/v1/plan".into(), Some(serde_json::to_vec(&plan).unwrap())),
     ];
     let documented: BTreeSet<String> =
@@ -222,6 +231,7 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
     let jwks = FakeJwks::start(Duration::ZERO).await;
     let app = spawn_admin(Backend::Sqlite, &jwks, 30).await;
     let event_id = deliver(&app, "d-1", &json!({"n": 1})).await;
+    seed_run(&app.store, SEEDED_RUN, 1_000, "schedule", false).await;
     let spec = spec();
 
     let base = || claims(&[READ_ROLE]);
@@ -569,7 +579,14 @@ fn assert_newest_first(items: &[Value], time: &str, id: &str) {
 }
 
 /// Every page size from 1 to past the end walks the same rows, each once.
-async fn assert_walks(app: &TestApp, path: &str, key: &str, id: &str, time: &str, expected: &BTreeSet<String>) {
+pub(crate) async fn assert_walks(
+    app: &TestApp,
+    path: &str,
+    key: &str,
+    id: &str,
+    time: &str,
+    expected: &BTreeSet<String>,
+) {
     for limit in 1..=expected.len() + 1 {
         let items = walk(app, path, key, limit).await;
         let found = ids(&items, id);

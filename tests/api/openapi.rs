@@ -388,6 +388,8 @@ async fn the_error_code_enum_is_exactly_what_the_app_answers() {
     provoked.push(("get", "/v1/events/{id}", admin_get(format!("/v1/events/{some_event}"), Some(READ_TOKEN)).await));
     let body_for_readers = admin_get(format!("/v1/events/{some_event}?include=body"), Some(READ_TOKEN)).await;
     provoked.push(("get", "/v1/events/{id}", body_for_readers));
+    let no_run = admin_get(format!("/v1/reconcile/runs/{some_event}"), Some(READ_TOKEN)).await;
+    provoked.push(("get", "/v1/reconcile/runs/{id}", no_run));
     let nowhere = Answer::from(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
     assert_eq!((nowhere.status, nowhere.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(app.event_count().await, 0, "no error leaves an event behind");
@@ -456,6 +458,7 @@ group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
         "invalid_cursor",
         "unknown_event",
         "auth_unavailable",
+        "unknown_reconcile_run",
     ];
     assert_eq!(codes, expected.iter().map(|c| c.to_string()).collect(), "each request provokes its own code");
 

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 mod params;
+mod reconcile;
 mod views;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -23,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_only("/v1/events/{id}", event))
         .service(get_only("/v1/grants", list_grants))
         .service(get_only("/v1/dead-letters", list_dead_letters));
+    reconcile::routes(cfg);
 }
 
 fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource

@@ -20,6 +20,7 @@ pub enum CursorKind {
     Events,
     Grants,
     DeadLetters,
+    ReconcileRuns,
 }
 
 impl CursorKind {
@@ -28,6 +29,7 @@ impl CursorKind {
             CursorKind::Events => "events",
             CursorKind::Grants => "grants",
             CursorKind::DeadLetters => "dead_letters",
+            CursorKind::ReconcileRuns => "reconcile_runs",
         }
     }
 }
