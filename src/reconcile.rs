@@ -17,7 +17,8 @@
 //! one is not unknown, and a live one keeps the member), but PIM's own schedule is not reconciled, nor are Azure
 //! RBAC assignments; the report lists those targets as not reconciled. A dry run reports what it would do and
 //! writes nothing to Entra. Every run, dry or not, is recorded in `reconcile_runs` with its report, and counted in
-//! `grantbridge_reconcile_drift_total` and `grantbridge_reconcile_actions_total`.
+//! `grantbridge_reconcile_drift_total` and `grantbridge_reconcile_actions_total`. The audit trail gets, in the
+//! transaction that records the run, one `reconciled` entry with the run's counts and one per repair attempted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -28,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::{AuditEntry, AuditKind};
 use crate::inbound::unix_millis;
 use crate::metrics::Metrics;
 use crate::policy::{ManagedGroup, Policy};
@@ -160,6 +162,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether Entra was written to (whatever came of it): the actions the audit trail records one by one.
+    pub fn is_repair(self) -> bool {
+        match self {
+            Action::Restored | Action::AlreadyPresent | Action::Removed | Action::AlreadyGone | Action::Failed => true,
+            Action::Reported | Action::WouldRestore | Action::WouldRemove => false,
+        }
+    }
+
     /// As in the report's JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -254,6 +264,50 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
+    /// Its audit entries: one `reconciled` entry for the run with its counts, then one per repair attempted in
+    /// Entra (see [`Action::is_repair`]), each naming the group, the principal, the drift and what came of it.
+    pub fn audit_entries(&self, started_by: &str) -> Vec<AuditEntry> {
+        let t = &self.totals;
+        let run = AuditEntry::service(AuditKind::Reconciled).at(self.finished_at_ms).detail(serde_json::json!({
+            "run_id": self.id,
+            "started_by": started_by,
+            "dry_run": self.dry_run,
+            "groups": self.targets.len(),
+            "missing": t.missing,
+            "lingering": t.lingering,
+            "unknown": t.unknown,
+            "restored": t.restored,
+            "removed": t.removed,
+            "errors": t.errors,
+        }));
+        let mut entries = vec![run];
+        for target in &self.targets {
+            for (drift, findings) in
+                [("missing", &target.missing), ("lingering", &target.lingering), ("unknown", &target.unknown)]
+            {
+                for finding in findings.iter().filter(|f| f.action.is_repair()) {
+                    let mut detail = serde_json::json!({
+                        "run_id": self.id,
+                        "group_id": target.group_id,
+                        "principal_id": finding.principal_id,
+                        "drift": drift,
+                        "action": finding.action.as_str(),
+                        "grant_ids": finding.grant_ids.join(","),
+                    });
+                    if let Some(error) = &finding.error {
+                        detail["error"] = serde_json::Value::String(error.clone());
+                    }
+                    let mut entry = AuditEntry::service(AuditKind::Reconciled).at(self.finished_at_ms).detail(detail);
+                    if let [grant] = finding.grant_ids.as_slice() {
+                        entry = entry.grant(grant.clone());
+                    }
+                    entries.push(entry);
+                }
+            }
+        }
+        entries
+    }
+
     /// For people: one line for the run, one per group, one per finding.
     pub fn render(&self) -> String {
         let t = &self.totals;
@@ -395,22 +449,21 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Records a run's report in `reconcile_runs`.
+    /// Records a run's report in `reconcile_runs`, and its audit entries, in one transaction.
     pub async fn record(&self, report: &ReconcileReport, started_by: &str) -> Result<(), StoreError> {
         let json = serde_json::to_string(report)
             .map_err(|e| StoreError::Corrupt(format!("the reconciliation report cannot be written as JSON: {e}")))?;
-        self.store
-            .insert_reconcile_run(&ReconcileRun {
-                id: report.id.clone(),
-                started_at_ms: report.started_at_ms,
-                finished_at_ms: report.finished_at_ms,
-                started_by: started_by.to_owned(),
-                dry_run: report.dry_run,
-                drift: i64::try_from(report.totals.drift()).unwrap_or(i64::MAX),
-                errors: i64::try_from(report.totals.errors).unwrap_or(i64::MAX),
-                report: json,
-            })
-            .await
+        let run = ReconcileRun {
+            id: report.id.clone(),
+            started_at_ms: report.started_at_ms,
+            finished_at_ms: report.finished_at_ms,
+            started_by: started_by.to_owned(),
+            dry_run: report.dry_run,
+            drift: i64::try_from(report.totals.drift()).unwrap_or(i64::MAX),
+            errors: i64::try_from(report.totals.errors).unwrap_or(i64::MAX),
+            report: json,
+        };
+        self.store.record_reconcile_run(&run, &report.audit_entries(started_by)).await
     }
 
     /// One scheduled run, if it is due and no other replica is running one: under the reconciliation lock, the

@@ -223,6 +223,40 @@ fn set(items: &[String]) -> BTreeSet<String> {
     items.iter().cloned().collect()
 }
 
+/// The `reconciled` entries of the audit trail, each as `(detail, grant_id)`, in the order they were appended; the
+/// chain still verifies.
+async fn reconciled(store: &Store) -> Vec<(Value, Option<String>)> {
+    assert!(store.verify_audit(None).await.unwrap().is_ok(), "the audit chain verifies");
+    let records = store.audit_entries(0, 1000).await.unwrap();
+    records
+        .into_iter()
+        .filter(|r| r.kind == "reconciled")
+        .map(|r| {
+            assert_eq!((r.actor.as_str(), r.at_ms), ("grantbridge", NOW), "the service's step, at the run's end");
+            (serde_json::from_str(&r.detail).unwrap(), r.grant_id)
+        })
+        .collect()
+}
+
+/// The entries of the repairs as `action drift principal`, and the grant each names.
+fn repairs(entries: &[(Value, Option<String>)]) -> BTreeSet<(String, Option<String>)> {
+    entries
+        .iter()
+        .map(|(d, grant)| {
+            assert_eq!(d["group_id"], GROUP);
+            (
+                format!(
+                    "{} {} {}",
+                    d["action"].as_str().unwrap(),
+                    d["drift"].as_str().unwrap(),
+                    d["principal_id"].as_str().unwrap()
+                ),
+                grant.clone(),
+            )
+        })
+        .collect()
+}
+
 fn assert_the_other_targets(report: &ReconcileReport) {
     let broken = report.targets.iter().find(|t| t.group_id == BROKEN_GROUP).unwrap();
     let error = broken.error.as_deref().unwrap();
@@ -266,6 +300,17 @@ both_backends! {
         assert!(run.metrics.contains("grantbridge_reconcile_drift_total{kind=\"lingering\"} 3"), "{}", run.metrics);
         assert!(run.metrics.contains("grantbridge_reconcile_drift_total{kind=\"unknown\"} 1"), "{}", run.metrics);
         assert!(run.metrics.contains("grantbridge_reconcile_actions_total{action=\"removed\"} 0"), "{}", run.metrics);
+
+        let audited = reconciled(&run.store).await;
+        assert_eq!(audited.len(), 1, "the run, and no repair in a dry run: {audited:?}");
+        assert_eq!(
+            audited[0].0,
+            json!({
+                "run_id": run.report.id, "started_by": "cli", "dry_run": true, "groups": 2,
+                "missing": 1, "lingering": 3, "unknown": 1, "restored": 0, "removed": 0, "errors": 1
+            })
+        );
+        assert_eq!(audited[0].1, None);
     }
 }
 
@@ -290,6 +335,20 @@ both_backends! {
         assert_eq!(lingering.grant_ids.len(), 1, "the ended grant behind it is named");
         assert!(run.metrics.contains("grantbridge_reconcile_actions_total{action=\"removed\"} 3"), "{}", run.metrics);
         assert!(!run.store.latest_reconcile_run().await.unwrap().unwrap().dry_run);
+
+        let audited = reconciled(&run.store).await;
+        assert_eq!(audited[0].0["dry_run"], false);
+        assert_eq!((audited[0].0["removed"].as_u64(), audited[0].0["lingering"].as_u64()), (Some(3), Some(3)));
+        let grant_of = |principal: &str| {
+            let finding = target.lingering.iter().find(|f| f.principal_id == principal).unwrap();
+            Some(finding.grant_ids[0].clone())
+        };
+        let expected: BTreeSet<(String, Option<String>)> = [REVOKED, EXPIRED, FAILED]
+            .into_iter()
+            .map(|p| (format!("removed lingering {p}"), grant_of(p)))
+            .collect();
+        assert_eq!(repairs(&audited[1..]), expected, "one entry per membership removed, naming its ended grant");
+        assert!(audited[1..].iter().all(|(d, _)| d["run_id"] == run.report.id.as_str()));
     }
 }
 
@@ -312,6 +371,15 @@ both_backends! {
         assert_eq!(actions(&target.unknown), vec![(UNKNOWN, Action::Removed)]);
         assert_eq!((target.counts.restored, target.counts.removed), (1, 4));
         assert!(run.metrics.contains("grantbridge_reconcile_actions_total{action=\"restored\"} 1"), "{}", run.metrics);
+
+        let audited = reconciled(&run.store).await;
+        assert_eq!((audited[0].0["restored"].as_u64(), audited[0].0["removed"].as_u64()), (Some(1), Some(4)));
+        let found = repairs(&audited[1..]);
+        assert_eq!(found.len(), 5, "{found:?}");
+        let missing_grant = target.missing[0].grant_ids.clone();
+        assert_eq!(missing_grant.len(), 1);
+        assert!(found.contains(&(format!("restored missing {MISSING}"), Some(missing_grant[0].clone()))), "{found:?}");
+        assert!(found.contains(&(format!("removed unknown {UNKNOWN}"), None)), "no grant behind an unknown member: {found:?}");
     }
 }
 
