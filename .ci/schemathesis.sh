@@ -160,7 +160,9 @@ if [ -n "${SCHEMATHESIS_SEED:-}" ]; then
   seed=(--seed "$SCHEMATHESIS_SEED")
 fi
 status=0
-"$work/venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run openapi.yaml \
+# From the temporary directory: Schemathesis keeps its cache (.schemathesis/) in the working directory.
+spec="$PWD/openapi.yaml"
+(cd "$work" && "$work/venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$spec" \
   --url "$base" \
   --header "Authorization: Bearer $token" \
   --checks "$CHECKS" \
@@ -169,7 +171,7 @@ status=0
   --workers 1 \
   --request-timeout 10 \
   --no-shrink \
-  "${seed[@]}" || status=$?
+  "${seed[@]}") || status=$?
 
 if [ "$status" -ne 0 ]; then
   echo "-- schemathesis found problems (exit $status); the server's errors and last lines:" >&2
