@@ -71,6 +71,10 @@ impl Params {
             if value.is_empty() {
                 return Err(ApiError::InvalidParameter(format!("`{name}` is empty")));
             }
+            // Nothing stored holds one, and PostgreSQL refuses a NUL in a text parameter outright.
+            if value.chars().any(char::is_control) {
+                return Err(ApiError::InvalidParameter(format!("`{name}` holds a control character")));
+            }
             if params.insert(name.clone(), value).is_some() {
                 return Err(ApiError::InvalidParameter(format!("`{name}` is given more than once")));
             }
@@ -262,6 +266,10 @@ mod tests {
         assert!(params("sauce=jira").unwrap_err().contains("unknown query parameter `sauce`"));
         assert!(params("source=a&source=b").unwrap_err().contains("more than once"));
         assert!(params("source=").unwrap_err().contains("`source` is empty"));
+        for control in ["%00", "a%00b", "x%0Ay", "%7F"] {
+            let err = params(&format!("source={control}")).unwrap_err();
+            assert!(err.contains("`source` holds a control character"), "{control}: {err}");
+        }
         for limit in ["0", "201", "-1", "ten", "1.5"] {
             let err = params(&format!("limit={limit}")).unwrap().limit().unwrap_err();
             assert_eq!(err.code(), "invalid_parameter", "{limit}");
