@@ -7,6 +7,7 @@
 # Schemathesis comes from PyPI, pinned, into a virtual environment under a temporary directory.
 # Knobs: SCHEMATHESIS_MAX_EXAMPLES (per operation, default 100), SCHEMATHESIS_SEED (default: random),
 # SCHEMATHESIS_CHECKS (default: no 5xx, and status codes, content types and bodies as documented).
+# SCHEMATHESIS_DATABASE_URL: an empty database to use instead of the temporary SQLite one (e.g. PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,7 @@ cat >"$work/grantbridge.toml" <<EOF
 listen = "127.0.0.1:0"
 
 [database]
-url = "sqlite://$work/grantbridge.db"
+url = "${SCHEMATHESIS_DATABASE_URL:-sqlite://$work/grantbridge.db}"
 
 [sources.jira]
 kind = "jira"
