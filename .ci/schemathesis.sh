@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
-BIN="${GRANTBRIDGE_BIN:-target/debug/grantbridge}"
+BIN="${GRANTBRIDGE_BIN:-${CARGO_TARGET_DIR:-target}/debug/grantbridge}"
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-100}"
 CHECKS="${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance}"
 
