@@ -269,3 +269,42 @@ impl Store {
         Ok(verifier.finish())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_chunks_hold_about_8_kib_of_parameters_each_in_order() {
+        let entries: Vec<AuditEntry> = (0..500)
+            .map(|n| {
+                AuditEntry::service(AuditKind::Decided)
+                    .source("jira")
+                    .ticket(format!("ACC-{n}"))
+                    .detail(serde_json::json!({ "n": n, "note": "x".repeat(n % 400) }))
+            })
+            .collect();
+        let records = link(None, 1, &entries);
+        let chunks = pg_chunks(&records);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        let size = |chunk: &[&AuditRecord]| chunk.iter().map(|r| param_bytes(r)).sum::<usize>();
+        for chunk in &chunks {
+            assert!(size(chunk) <= PG_CHUNK_BYTES, "{} bytes", size(chunk));
+        }
+        for pair in chunks.windows(2) {
+            // Full: the next entry would not have fitted.
+            assert!(size(&pair[0]) + param_bytes(pair[1][0]) > PG_CHUNK_BYTES);
+        }
+        let seqs: Vec<i64> = chunks.iter().flatten().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=500).collect::<Vec<i64>>(), "every entry once, in order");
+
+        // An entry larger than a chunk goes alone, not nowhere.
+        let big = link(
+            None,
+            1,
+            &[AuditEntry::service(AuditKind::Failed).detail(serde_json::json!({"x": "y".repeat(20_000)}))],
+        );
+        assert_eq!(pg_chunks(&big).len(), 1);
+        assert!(pg_chunks(&[]).is_empty());
+    }
+}

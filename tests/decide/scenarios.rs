@@ -11,6 +11,8 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::both_backends;
 use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
 
+mod replay;
+
 const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
 const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
 const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
@@ -390,6 +392,15 @@ both_backends! {
         assert_eq!(ledger.len(), 1);
         assert_eq!(ledger[0].state, "active");
         assert_servicenow_closed_complete_once(&fakes, &app.store).await;
+
+        // The audit trail holds every step of the event, in order, in one unbroken chain.
+        let verified = app.store.verify_audit(None).await.unwrap().expect("the chain verifies");
+        let trail = replay::audit_of(&app.store, &id).await;
+        let kinds: Vec<&str> = trail.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "decided", "granted", "callback_delivered"]);
+        assert_eq!(verified.head.map(|h| h.seq), Some(4));
+        assert_eq!(trail[2].grant_id.as_deref(), Some(ledger[0].id.as_str()));
+        assert!(trail.iter().all(|r| r.actor == "grantbridge" && !r.detail.contains("sn-password")));
     }
 }
 
