@@ -185,11 +185,7 @@ fn callback_entry(claimed: &ClaimedCallback, result: &CallbackResult, now_ms: i6
             AuditKind::CallbackDelivered
         }
         CallbackResult::Dead { error } => {
-            let code = error.split_once(": ").map_or(error.as_str(), |(code, _)| code).trim();
-            let identifier = !code.is_empty()
-                && code.len() <= 64
-                && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            detail["code"] = json!(if identifier { code } else { "unknown" });
+            detail["code"] = json!(super::grants::error_code(error));
             AuditKind::CallbackFailed
         }
     };

@@ -516,7 +516,7 @@ fn grant_job_entry(job: &ClaimedJob, result: &JobResult, now_ms: i64) -> Option<
 
 /// The stable code a job's error starts with (`Authorization_RequestDenied: ...`); `unknown` when it does not
 /// start with an identifier.
-fn error_code(error: &str) -> &str {
+pub(super) fn error_code(error: &str) -> &str {
     let code = error.split_once(": ").map_or(error, |(code, _)| code).trim();
     let identifier = !code.is_empty()
         && code.len() <= 64

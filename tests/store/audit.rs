@@ -451,6 +451,8 @@ both_backends! {
         let done = JobResult::Done { grant_state: "active", upstream_id: None, expires_at_ms: None };
         let dead = JobResult::Dead { error: "Authorization_RequestDenied: denied".into() };
         store.finish_jobs(&[(g1, done), (g2, dead)], "x", 3_100).await.unwrap();
+        // g-1 has been revoked since (by an operator, or because it expired): a replay must not grant it again.
+        sql(&store, "UPDATE grants SET state = 'revoked' WHERE id = 'g-1'").await.unwrap();
 
         let by = ReplayBy { actor: "on-call", via: "static_token" };
         let unknown = EventId::parse("0190a5b2-0000-7000-8000-0000000000ff").unwrap();
@@ -468,7 +470,7 @@ both_backends! {
         assert_eq!(replayed.state, "received");
         let ledger = store.grants_for_ticket("src", "ACC-1").await.unwrap();
         let states: Vec<(&str, &str)> = ledger.iter().map(|g| (g.id.as_str(), g.state.as_str())).collect();
-        assert!(states.contains(&("g-1", "active")) && states.contains(&("g-2", "pending")), "{states:?}");
+        assert!(states.contains(&("g-1", "revoked")) && states.contains(&("g-2", "pending")), "{states:?}");
 
         let entries = store.audit_entries(head.map_or(0, |h| h.seq), 10).await.unwrap();
         assert_eq!(entries.len(), 1, "one entry for the replay");
@@ -488,10 +490,11 @@ both_backends! {
         assert_eq!((decision.detail.as_str(), decision.decided_at_ms), (r#"{"n":"second"}"#, 11_000));
         assert_eq!((count(&store, "grants").await, count(&store, "jobs").await, count(&store, "decisions").await), (2, 2, 1));
 
-        // Only the re-armed job is due, with its attempts reset; the active grant's job stays done.
+        // Only the re-armed job is due, with its attempts reset; the revoked grant's job stays done.
         let job = store.claim_job("x", 11_000, LEASE).await.unwrap().unwrap();
         assert_eq!((job.grant.id.as_str(), job.attempts), ("g-2", 1));
         assert!(store.claim_job("x2", 11_000, LEASE).await.unwrap().is_none());
+        assert_eq!(store.grant("g-1").await.unwrap().unwrap().state, "revoked");
         assert!(store.verify_audit(None).await.unwrap().is_ok());
     }
 }
