@@ -27,8 +27,9 @@ use crate::inbound::unix_millis;
 pub(crate) use audit::AppendAudit;
 pub use audit::PAGE as AUDIT_PAGE;
 pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
-pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision};
+pub use decisions::{ClaimedEvent, DecisionRecord, ReplayBy, Replayed, StoredDecision};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
+pub use queries::{AuditFilter, AuditPage};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
 pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
 
