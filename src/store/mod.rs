@@ -200,8 +200,12 @@ impl Store {
                 if current > known {
                     return Err(StoreError::SchemaTooNew { found: current, known });
                 }
+                // Every migration not recorded, in order: one numbered below the newest applied (merged later)
+                // is applied too, not skipped.
+                let recorded: Vec<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
                 let mut applied = Vec::new();
-                for m in list.iter().filter(|m| m.version > current) {
+                for m in list.iter().filter(|m| !recorded.contains(&m.version)) {
                     sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
                     sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
                         .bind(m.version)
