@@ -46,6 +46,8 @@ pub enum ApiError {
     UnknownEvent,
     #[error("no reconciliation run has this id")]
     UnknownReconcileRun,
+    #[error("a worker is deciding this event right now; try again in a moment")]
+    EventBeingDecided,
     #[error("the store could not be read; retry later")]
     StoreUnreadable,
     #[error("an upstream service did not answer; retry later")]
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::InvalidCursor => "invalid_cursor",
             ApiError::UnknownEvent => "unknown_event",
             ApiError::UnknownReconcileRun => "unknown_reconcile_run",
+            ApiError::EventBeingDecided => "event_being_decided",
             ApiError::StoreUnreadable => "store_unavailable",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -121,6 +124,7 @@ impl ResponseError for ApiError {
             ApiError::InsufficientRole { .. } => StatusCode::FORBIDDEN,
             ApiError::UnknownEvent => StatusCode::NOT_FOUND,
             ApiError::UnknownReconcileRun => StatusCode::NOT_FOUND,
+            ApiError::EventBeingDecided => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

@@ -161,7 +161,7 @@ async fn spawn_admin(backend: Backend, jwks: &FakeJwks, min_refresh_secs: u64) -
 }
 
 /// Stores a webhook through the `automation` source (a static header secret) and returns its event id.
-async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
+pub(crate) async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
     let headers =
         [("Content-Type", "application/json"), ("X-Automation-Token", AUTOMATION_TOKEN), ("X-Delivery", delivery)];
     let response = app.post("automation", &headers, body.to_string()).await;
@@ -195,6 +195,9 @@ struct Route {
     template: &'static str,
     path: String,
     body: Option<Vec<u8>>,
+    /// Needs the `operate` role.
+    operate: bool,
+    success: StatusCode,
 }
 
 /// Every admin route, with a request that succeeds given the right role. The spec may list no other.
@@ -205,8 +208,10 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         template,
         path,
         body,
+        operate: false,
+        success: StatusCode::OK,
     };
-    let routes = vec![
+    let mut routes = vec![
         route(Method::GET, "/v1/events", "/v1/events?limit=5".into(), None),
         route(Method::GET, "/v1/events/{id}", format!("/v1/events/{event_id}"), None),
         route(Method::GET, "/v1/grants", "/v1/grants?state=pending".into(), None),
@@ -214,7 +219,14 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         route(Method::GET, "/v1/reconcile/runs", "/v1/reconcile/runs?limit=5".into(), None),
         route(Method::GET, "/v1/reconcile/runs/{id}", format!("/v1/reconcile/runs/{SEEDED_RUN}"), None),
         route(Method::POST, "/v1/plan", "/v1/plan".into(), Some(serde_json::to_vec(&plan).unwrap())),
+        route(Method::GET, "/v1/audit", "/v1/audit?limit=5&kind=received".into(), None),
+        route(Method::GET, "/v1/audit/head", "/v1/audit/head".into(), None),
     ];
+    routes.push(Route {
+        operate: true,
+        success: StatusCode::ACCEPTED,
+        ..route(Method::POST, "/v1/events/{id}/replay", format!("/v1/events/{event_id}/replay"), None)
+    });
     let documented: BTreeSet<String> =
         spec()["paths"].as_object().unwrap().keys().filter(|p| p.starts_with("/v1/")).cloned().collect();
     let tested: BTreeSet<String> = routes.iter().map(|r| r.template.to_string()).collect();
@@ -259,14 +271,16 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
         }),
     ];
     let no_role = [("no roles", entra_token(&[])), ("another app's role", entra_token(&["Reports.Read"]))];
+    // Each with whether it carries the `operate` role.
     let allowed = [
-        ("static read token", READ_TOKEN.to_string()),
-        ("static operate token", OPERATE_TOKEN.to_string()),
-        ("Entra read role", entra_token(&[READ_ROLE])),
-        ("Entra operate role", entra_token(&[OPERATE_ROLE])),
+        ("static read token", READ_TOKEN.to_string(), false),
+        ("static operate token", OPERATE_TOKEN.to_string(), true),
+        ("Entra read role", entra_token(&[READ_ROLE]), false),
+        ("Entra operate role", entra_token(&[OPERATE_ROLE]), true),
         (
             "Entra v1.0 token for the client id",
             sign(KEY_A, "key-a", &with(with(base(), "iss", json!(v1_issuer)), "aud", json!(CLIENT_ID))),
+            false,
         ),
     ];
 
@@ -311,9 +325,14 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
             assert_eq!(challenge(&answer), r#"Bearer realm="grantbridge", error="insufficient_scope""#);
             assert_documented(&spec, &method, route.template, &answer);
         }
-        for (case, token) in &allowed {
+        for (case, token, operates) in &allowed {
             let answer = send(&app, &route.method, &route.path, Some(token), body).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}: {}", what(case), answer.body);
+            if route.operate && !operates {
+                let refused = (answer.status, answer.code());
+                assert_eq!(refused, (StatusCode::FORBIDDEN, "insufficient_role".into()), "{}", what(case));
+            } else {
+                assert_eq!(answer.status, route.success, "{}: {}", what(case), answer.body);
+            }
             assert_documented(&spec, &method, route.template, &answer);
         }
     }
@@ -509,7 +528,7 @@ fn grant(id: &str, ticket: &str, principal: &str, target: Value) -> NewGrant {
 }
 
 /// Claims the oldest waiting event and records this decision for it, with these grants and their jobs.
-async fn decide_next(
+pub(crate) async fn decide_next(
     store: &Store,
     state: &'static str,
     outcome: &str,

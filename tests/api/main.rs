@@ -9,6 +9,7 @@ mod audit;
 mod health;
 mod helpers;
 mod openapi;
+mod operate;
 mod reconcile_runs;
 mod store_unavailable;
 mod webhooks;

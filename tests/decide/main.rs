@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod confirmation;
 mod harness;
 mod normalize;
 mod pipeline;

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+mod operate;
 mod params;
 mod reconcile;
 mod views;
@@ -23,7 +24,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(get_only("/v1/events", list_events))
         .service(get_only("/v1/events/{id}", event))
         .service(get_only("/v1/grants", list_grants))
-        .service(get_only("/v1/dead-letters", list_dead_letters));
+        .service(get_only("/v1/dead-letters", list_dead_letters))
+        .service(get_only("/v1/audit", operate::list_audit))
+        .service(get_only("/v1/audit/head", operate::audit_head))
+        .service(web::resource("/v1/events/{id}/replay").route(web::post().to(operate::replay)).default_service(
+            web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
+        ));
     reconcile::routes(cfg);
 }
 
