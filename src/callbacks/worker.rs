@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::deliver::{Deliverer, DeliveryError};
 use super::templates::CallbackSettings;
+use crate::clock::Clock;
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
 use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
@@ -33,6 +34,8 @@ pub struct CallbackerContext {
     pub metrics: Arc<Metrics>,
     /// Notified when callbacks were enqueued.
     pub wake: Arc<Notify>,
+    /// When a callback is due (a notice before expiry waits for its window).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl CallbackerContext {
@@ -57,7 +60,13 @@ impl CallbackerContext {
             max_retry_after: settings.max_retry_after,
             metrics,
             wake,
+            clock: crate::clock::system(),
         }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -89,10 +98,10 @@ impl Callbacker {
     /// Delivers one due callback; `Ok(false)` when there was none.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
         let ctx = &self.ctx;
-        let now = unix_millis(SystemTime::now());
+        let now = ctx.clock.now_ms();
         let Some(claimed) = ctx.store.claim_callback(&self.id, now, ctx.lease).await? else { return Ok(false) };
         let result = with_lease(&ctx.store, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
-        let now = unix_millis(SystemTime::now());
+        let now = ctx.clock.now_ms();
         if !ctx.store.finish_callback(&claimed, &self.id, &result, now).await? {
             tracing::warn!(callback = claimed.id(), "lease lost while delivering: another callbacker took it over");
         }
@@ -127,7 +136,7 @@ impl Callbacker {
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "callback postponed"
                 );
-                CallbackResult::Retry { at_ms: unix_millis(SystemTime::now() + delay), error: reason }
+                CallbackResult::Retry { at_ms: later(ctx.clock.now_ms(), delay), error: reason }
             }
             Err(DeliveryError::Retry { reason, .. }) => {
                 self.dead(callback.attempts, format!("gave up after {} attempts: {reason}", callback.attempts), count)
@@ -213,4 +222,9 @@ mod tests {
         assert!((3600.0..=3960.0).contains(&delay(1, Some(86_400))));
         assert_eq!(delay(1, Some(0)), 0.0);
     }
+}
+
+/// `now_ms` plus `delay`, in milliseconds.
+fn later(now_ms: i64, delay: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }

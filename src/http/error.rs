@@ -50,6 +50,12 @@ pub enum ApiError {
     UpstreamUnavailable,
     #[error("this method is not allowed here; use {allow}")]
     MethodNotAllowed { allow: &'static str },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("no grant has this id")]
+    UnknownGrant,
+    #[error("the grant is {0}, not active: there is nothing to revoke")]
+    GrantNotActive(String),
 }
 
 impl ApiError {
@@ -74,6 +80,9 @@ impl ApiError {
             ApiError::StoreUnreadable => "store_unavailable",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnknownGrant => "unknown_grant",
+            ApiError::GrantNotActive(_) => "grant_not_active",
         }
     }
 }
@@ -118,6 +127,9 @@ impl ResponseError for ApiError {
             ApiError::InsufficientRole { .. } => StatusCode::FORBIDDEN,
             ApiError::UnknownEvent => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownGrant => StatusCode::NOT_FOUND,
+            ApiError::GrantNotActive(_) => StatusCode::CONFLICT,
         }
     }
 

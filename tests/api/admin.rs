@@ -494,6 +494,7 @@ fn grant(id: &str, ticket: &str, principal: &str, target: Value) -> NewGrant {
         label: format!("grant {id}"),
         principal_id: principal.into(),
         requested_duration_secs: Some(3600),
+        notify_before_secs: None,
         batch_key: None,
     }
 }

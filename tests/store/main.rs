@@ -301,6 +301,7 @@ fn new_grant(id: &str, ticket: &str) -> grantbridge::store::NewGrant {
         label: "EPM - User Portal Access".into(),
         principal_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
         requested_duration_secs: Some(8 * 3600),
+        notify_before_secs: None,
         batch_key: Some("group_member:6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90".into()),
     }
 }
@@ -401,9 +402,9 @@ both_backends! {
         assert_eq!(c.iter().map(|e| e.id).collect::<Vec<_>>(), a.iter().map(|e| e.id).collect::<Vec<_>>(), "the expired batch is taken over whole");
         let mut records: Vec<DecisionRecord> = b
             .iter()
-            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")], callbacks: vec![] })
+            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")], callbacks: vec![], withdraw: None })
             .collect();
-        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![], callbacks: vec![] });
+        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![], callbacks: vec![], withdraw: None });
         let kept = store.record_decisions(&records, "worker-b").await.unwrap();
         assert_eq!(kept, [true, true, false]);
         assert_eq!(count(&store, "decisions").await, 2);

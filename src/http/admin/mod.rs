@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 mod params;
+mod revoke;
 mod views;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -22,7 +23,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(get_only("/v1/events", list_events))
         .service(get_only("/v1/events/{id}", event))
         .service(get_only("/v1/grants", list_grants))
-        .service(get_only("/v1/dead-letters", list_dead_letters));
+        .service(get_only("/v1/dead-letters", list_dead_letters))
+        .service(web::resource("/v1/grants/{id}/revoke").route(web::post().to(revoke::revoke)).default_service(
+            web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
+        ));
 }
 
 fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
