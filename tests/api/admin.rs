@@ -188,6 +188,8 @@ struct Route {
     template: &'static str,
     path: String,
     body: Option<Vec<u8>>,
+    /// Needs the `operate` role: read tokens get 403, operate tokens this status.
+    operate: Option<StatusCode>,
 }
 
 /// Every admin route, with a request that succeeds given the right role. The spec may list no other.
@@ -198,6 +200,14 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         template,
         path,
         body,
+        operate: None,
+    };
+    let revoke = Route {
+        method: Method::POST,
+        template: "/v1/grants/{id}/revoke",
+        path: "/v1/grants/no-such-grant/revoke".into(),
+        body: Some(serde_json::to_vec(&json!({"reason": "left the team"})).unwrap()),
+        operate: Some(StatusCode::NOT_FOUND),
     };
     let routes = vec![
         route(Method::GET, "/v1/events", "/v1/events?limit=5".into(), None),
@@ -205,6 +215,7 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         route(Method::GET, "/v1/grants", "/v1/grants?state=pending".into(), None),
         route(Method::GET, "/v1/dead-letters", "/v1/dead-letters".into(), None),
         route(Method::POST, "/v1/plan", "/v1/plan".into(), Some(serde_json::to_vec(&plan).unwrap())),
+        revoke,
     ];
     let documented: BTreeSet<String> =
         spec()["paths"].as_object().unwrap().keys().filter(|p| p.starts_with("/v1/")).cloned().collect();
@@ -255,7 +266,7 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
         ("Entra read role", entra_token(&[READ_ROLE])),
         ("Entra operate role", entra_token(&[OPERATE_ROLE])),
         (
-            "Entra v1.0 token for the client id",
+            "Entra v1.0 token for the client id (read role)",
             sign(KEY_A, "key-a", &with(with(base(), "iss", json!(v1_issuer)), "aud", json!(CLIENT_ID))),
         ),
     ];
@@ -303,7 +314,12 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
         }
         for (case, token) in &allowed {
             let answer = send(&app, &route.method, &route.path, Some(token), body).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}: {}", what(case), answer.body);
+            let expected = match route.operate {
+                None => StatusCode::OK,
+                Some(_) if case.contains("read") => StatusCode::FORBIDDEN,
+                Some(status) => status,
+            };
+            assert_eq!(answer.status, expected, "{}: {}", what(case), answer.body);
             assert_documented(&spec, &method, route.template, &answer);
         }
     }

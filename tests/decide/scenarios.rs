@@ -11,17 +11,17 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::both_backends;
 use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
 
-const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
-const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
-const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
-const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
-const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+pub(crate) const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
+pub(crate) const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
+pub(crate) const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
+pub(crate) const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
+pub(crate) const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
+pub(crate) const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
+pub(crate) const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
 /// The Jira issue id of ACCESS-42 in the fixtures: callbacks address the issue by id, which survives a move.
-const ISSUE_ID: &str = "10042";
+pub(crate) const ISSUE_ID: &str = "10042";
 
-const PORTAL_RULE: &str = r#"
+pub(crate) const PORTAL_RULE: &str = r#"
 [[policy.rules]]
 name = "portal-access"
 request_types = ["Permissions portal access"]
@@ -31,7 +31,7 @@ group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
 label = "EPM - User Portal Access"
 "#;
 
-const PIM_RULE: &str = r#"
+pub(crate) const PIM_RULE: &str = r#"
 [[policy.rules]]
 name = "billing-admins-pim"
 request_types = ["Permissions portal access"]
@@ -44,35 +44,35 @@ label = "Billing Administrators (PIM)"
 "#;
 
 /// Granted outcomes go to the ticket as internal notes; Jira requests are then resolved.
-const CALLBACKS: &str = r#"
+pub(crate) const CALLBACKS: &str = r#"
 [callbacks.granted]
 visibility = "internal"
 [callbacks.sources.jira.granted]
 transition = "Resolve this issue"
 "#;
 
-struct Fakes {
-    jira: MockServer,
-    servicenow: MockServer,
-    entra: MockServer,
+pub(crate) struct Fakes {
+    pub(crate) jira: MockServer,
+    pub(crate) servicenow: MockServer,
+    pub(crate) entra: MockServer,
 }
 
-struct TestApp {
-    worker: grantbridge::worker::Worker,
-    executor: grantbridge::worker::Executor,
-    callbacker: grantbridge::callbacks::Callbacker,
+pub(crate) struct TestApp {
+    pub(crate) worker: grantbridge::worker::Worker,
+    pub(crate) executor: grantbridge::worker::Executor,
+    pub(crate) callbacker: grantbridge::callbacks::Callbacker,
     /// A second worker, executor and callbacker, as another replica would run them.
-    others: (grantbridge::worker::Worker, grantbridge::worker::Executor, grantbridge::callbacks::Callbacker),
-    store: Store,
-    client: reqwest::Client,
-    address: String,
-    _db: TestDb,
-    _dir: TempDir,
+    pub(crate) others: (grantbridge::worker::Worker, grantbridge::worker::Executor, grantbridge::callbacks::Callbacker),
+    pub(crate) store: Store,
+    pub(crate) client: reqwest::Client,
+    pub(crate) address: String,
+    pub(crate) _db: TestDb,
+    pub(crate) _dir: TempDir,
 }
 
 impl TestApp {
     /// Posts a signed webhook; answers the event id and `accepted` or `duplicate`.
-    async fn send(&self, source: &str, body: String) -> (String, String) {
+    pub(crate) async fn send(&self, source: &str, body: String) -> (String, String) {
         let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
         request = request.header("Content-Type", "application/json");
         if source == "jira" {
@@ -89,27 +89,27 @@ impl TestApp {
         (answer["event_id"].as_str().unwrap().to_string(), answer["status"].as_str().unwrap().to_string())
     }
 
-    async fn deliver(&self, source: &str, fixture_name: &str) -> String {
+    pub(crate) async fn deliver(&self, source: &str, fixture_name: &str) -> String {
         let (id, status) = self.send(source, std::fs::read_to_string(fixture(fixture_name)).unwrap()).await;
         assert_eq!(status, "accepted");
         id
     }
 
     /// Decides, grants and calls back until nothing is due.
-    async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         self.worker.run_pending().await.unwrap();
         self.executor.run_pending().await.unwrap();
         self.callbacker.run_pending().await.unwrap();
     }
 
-    async fn outcome(&self, event_id: &str) -> Value {
+    pub(crate) async fn outcome(&self, event_id: &str) -> Value {
         let id = grantbridge::domain::EventId::parse(event_id).unwrap();
         let stored = self.store.decision(id).await.unwrap().expect("a decision is stored");
         serde_json::from_str::<Value>(&stored.detail).unwrap()["decision"].clone()
     }
 
     /// Makes every queued callback due now, instead of waiting out its back-off.
-    async fn callbacks_due_now(&self) {
+    pub(crate) async fn callbacks_due_now(&self) {
         let sql = "UPDATE callbacks SET next_attempt_at_ms = 0 WHERE state = 'queued'";
         match &self.store {
             Store::Sqlite(sqlite) => sqlx::query(sql).execute(&sqlite.pool).await.unwrap().rows_affected(),
@@ -118,7 +118,7 @@ impl TestApp {
     }
 }
 
-async fn fakes() -> Fakes {
+pub(crate) async fn fakes() -> Fakes {
     let fakes = Fakes {
         jira: MockServer::start().await,
         servicenow: MockServer::start().await,
@@ -153,7 +153,7 @@ async fn fakes() -> Fakes {
     fakes
 }
 
-fn config(fakes: &Fakes, dir: &TempDir, policy: &str) -> String {
+pub(crate) fn config(fakes: &Fakes, dir: &TempDir, policy: &str) -> String {
     let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
     let (jira_secret, sn_secret, token, password, client_secret) = (
         s("j", "jira-secret"),
@@ -208,11 +208,21 @@ arm_url = "{entra}"
     )
 }
 
-async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
+pub(crate) async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
+    spawn_with_clock(backend, fakes, policy, grantbridge::clock::system()).await
+}
+
+/// [`spawn`] with workers that judge time by `clock`.
+pub(crate) async fn spawn_with_clock(
+    backend: Backend,
+    fakes: &Fakes,
+    policy: &str,
+    clock: std::sync::Arc<dyn grantbridge::clock::Clock>,
+) -> TestApp {
     let db = TestDb::new(backend).await;
     let dir = TempDir::new();
     let settings = settings_from(&config(fakes, &dir, policy), &db);
-    let app = Application::build(settings).await.unwrap();
+    let app = Application::build_with_clock(settings, clock).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let worker = app.worker();
     let executor = app.executor().expect("an Entra tenant is configured");
@@ -223,7 +233,7 @@ async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
     TestApp { worker, executor, callbacker, others, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
 }
 
-fn json_fixture(name: &str) -> Value {
+pub(crate) fn json_fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
 }
 
@@ -253,7 +263,7 @@ async fn servicenow_says(fakes: &Fakes, record: &str) {
 }
 
 /// Jira: the request's approvals and the issue read back, the comments, transitions offered and made.
-async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
+pub(crate) async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
     Mock::given(method("GET"))
         .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
         .respond_with(ResponseTemplate::new(200).set_body_json(approvals))
@@ -291,14 +301,14 @@ async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
 }
 
 /// JSM answers a new request comment with 201 and the comment.
-fn comment_created() -> ResponseTemplate {
+pub(crate) fn comment_created() -> ResponseTemplate {
     ResponseTemplate::new(201).set_body_json(json!({
         "id": "1000", "body": "(posted)", "public": false, "author": {"accountId": "bot"},
         "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
     }))
 }
 
-async fn jsm_comments_accepted(fakes: &Fakes) {
+pub(crate) async fn jsm_comments_accepted(fakes: &Fakes) {
     Mock::given(method("POST"))
         .and(path_regex(r"^/rest/servicedeskapi/request/(10042|ACCESS-42)/comment$"))
         .respond_with(comment_created())
@@ -319,11 +329,11 @@ impl wiremock::Respond for DownUntil {
     }
 }
 
-fn jira_issue() -> Value {
+pub(crate) fn jira_issue() -> Value {
     json_fixture("jira/issue-updated-approved.json")["issue"].clone()
 }
 
-async fn group_member_writes_accepted(fakes: &Fakes) {
+pub(crate) async fn group_member_writes_accepted(fakes: &Fakes) {
     Mock::given(method("PATCH"))
         .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
         .respond_with(ResponseTemplate::new(204))
@@ -332,16 +342,16 @@ async fn group_member_writes_accepted(fakes: &Fakes) {
 }
 
 /// Every request to `server` other than a GET.
-async fn writes(server: &MockServer) -> Vec<Request> {
+pub(crate) async fn writes(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap().into_iter().filter(|r| r.method.as_str() != "GET").collect()
 }
 
 /// Writes to Graph (the token endpoint aside).
-async fn graph_writes(fakes: &Fakes) -> Vec<Request> {
+pub(crate) async fn graph_writes(fakes: &Fakes) -> Vec<Request> {
     writes(&fakes.entra).await.into_iter().filter(|r| r.url.path().starts_with("/v1.0/")).collect()
 }
 
-fn body(request: &Request) -> Value {
+pub(crate) fn body(request: &Request) -> Value {
     serde_json::from_slice(&request.body).unwrap()
 }
 
