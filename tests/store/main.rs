@@ -355,12 +355,12 @@ both_backends! {
         assert!(store.claim_job("c", 2_000, lease).await.unwrap().is_none());
         assert_eq!((a.kind.as_str(), a.attempts), ("grant", 1));
 
-        let done = JobResult::Done { grant_state: "active", upstream_id: Some("req-1".into()), expires_at_ms: Some(9_000) };
+        let done = JobResult::Done { grant_state: "active", upstream_id: Some("req-1".into()), expires_at_ms: Some(900_000) };
         assert!(!store.finish_job(&a, "b", &done, 2_500).await.unwrap(), "only the lease holder finishes a job");
         assert!(store.finish_job(&a, "a", &done, 2_500).await.unwrap());
         assert!(!store.finish_job(&a, "a", &done, 2_600).await.unwrap(), "finished once");
         let granted = store.grant(&a.grant.id).await.unwrap().unwrap();
-        assert_eq!((granted.state.as_str(), granted.upstream_id.as_deref(), granted.expires_at_ms), ("active", Some("req-1"), Some(9_000)));
+        assert_eq!((granted.state.as_str(), granted.upstream_id.as_deref(), granted.expires_at_ms), ("active", Some("req-1"), Some(900_000)));
 
         let retry = JobResult::Retry { at_ms: 5_000, error: "429 TooManyRequests".into() };
         assert!(store.finish_job(&b, "b", &retry, 2_500).await.unwrap());
@@ -378,6 +378,9 @@ both_backends! {
         let letters = store.dead_jobs(10).await.unwrap();
         assert_eq!(letters, vec![(b.id.clone(), b.grant.id.clone(), Some("403 Authorization_RequestDenied".into()))]);
         assert!(store.claim_job("d", 100_000, lease).await.unwrap().is_none(), "done and dead jobs are never claimed");
+        // The grant's end was queued with it: a revoke job due at its expiry.
+        let end = store.claim_job("d", 900_000, lease).await.unwrap().expect("the revoke job, due at the expiry");
+        assert_eq!((end.kind.as_str(), end.grant.id.as_str(), end.reason.as_deref()), ("revoke", a.grant.id.as_str(), Some("expired")));
     }
 }
 
