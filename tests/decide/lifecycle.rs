@@ -496,9 +496,14 @@ both_backends! {
         removal_accepted(&fakes).await;
         let (app, _clock) = app_at(backend, &fakes, EIGHT_HOURS).await;
         app.send("jira", jira_event("ACCESS-42", "10042", "Approved")).await;
+        app.worker.run_pending().await.unwrap();
+        let pending = only_grant(&app.store, "ACCESS-42").await;
+        let reason = json!({"reason": "left the billing team"});
+        let (status, answer) = post_revoke(&app, &pending.id, Some(OPERATE_TOKEN), reason.clone()).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("grant_not_active")), "{answer}");
         run_all(&app).await;
         let grant = only_grant(&app.store, "ACCESS-42").await;
-        let reason = json!({"reason": "left the billing team"});
+        assert_eq!(grant.state, "active");
 
         let (status, answer) = post_revoke(&app, &grant.id, None, reason.clone()).await;
         assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("unauthorized")));
