@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
 use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
-use crate::worker::{Step, drain, run_until_stopped};
+use crate::worker::{Step, drain, later, run_until_stopped};
 
 /// What callbackers need; shared by all callbackers of a process.
 pub struct CallbackerContext {
@@ -222,9 +222,4 @@ mod tests {
         assert!((3600.0..=3960.0).contains(&delay(1, Some(86_400))));
         assert_eq!(delay(1, Some(0)), 0.0);
     }
-}
-
-/// `now_ms` plus `delay`, in milliseconds.
-fn later(now_ms: i64, delay: Duration) -> i64 {
-    now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
