@@ -25,7 +25,7 @@ const CLOSED_STATES: [&str; 3] = ["3", "4", "7"];
 pub async fn confirm(api: &ItsmApi, mapping: &TicketMapping, ticket: &TicketEvent) -> Result<Outcome, Transient> {
     match api {
         ItsmApi::Jira(client) => confirm_jira(client, mapping, ticket).await,
-        ItsmApi::ServiceNow(client) => confirm_servicenow(client, ticket).await,
+        ItsmApi::ServiceNow(client) => confirm_servicenow(client, mapping, ticket).await,
     }
 }
 
@@ -83,9 +83,20 @@ async fn confirm_jira(
     }))
 }
 
-async fn confirm_servicenow(client: &ServiceNowClient, ticket: &TicketEvent) -> Result<Outcome, Transient> {
+async fn confirm_servicenow(
+    client: &ServiceNowClient,
+    mapping: &TicketMapping,
+    ticket: &TicketEvent,
+) -> Result<Outcome, Transient> {
     let table = ticket.table.as_deref().unwrap_or("sc_req_item");
-    let fields = ["number", "approval", "state", "requested_for", "cat_item"];
+    // The receiver is read from where the webhook took it: the item's `requested_for`, or the catalog variable
+    // the mapping names (`variables.<name>`, its stored value: a sys_user sys_id). The catalog item is compared
+    // by name (`cat_item.name`), as the business rule sends its display value.
+    let receiver = match mapping.requested_for_field() {
+        Some(variable) => format!("variables.{variable}"),
+        None => "requested_for".to_string(),
+    };
+    let fields = ["number", "approval", "state", receiver.as_str(), "cat_item.name"];
     let record = match client.record(table, &ticket.ticket_id, &fields).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -114,9 +125,9 @@ async fn confirm_servicenow(client: &ServiceNowClient, ticket: &TicketEvent) -> 
             format!("{key} is closed in ServiceNow (state {})", text("state")),
         ));
     }
-    let requested_for =
-        Some(PersonRef { id: Some(text("requested_for")).filter(|s| !s.is_empty()), ..PersonRef::default() });
-    if let Some(refusal) = compare(ticket, &requested_for, &None, "ServiceNow") {
+    let requested_for = Some(PersonRef { id: Some(text(&receiver)).filter(|s| !s.is_empty()), ..PersonRef::default() });
+    let catalog_item = Some(text("cat_item.name")).filter(|s| !s.is_empty());
+    if let Some(refusal) = compare(ticket, &requested_for, &catalog_item, "ServiceNow") {
         return Ok(Outcome::Refused(refusal));
     }
     let approvals = match client.approvals_for(&ticket.ticket_id).await {

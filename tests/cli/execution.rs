@@ -14,12 +14,10 @@ use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::both_backends;
+use crate::common::entra::{PORTAL_GROUP, PORTAL_LABEL, entra_table, group_resource, portal_rule};
 use crate::common::{Backend, TempDir, TestDb, sign};
 use crate::process::Server;
 
-const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
 const WEBHOOK_SECRET: &str = "sn-secret-for-execution-tests";
 /// How long the fake holds every membership write before answering: long enough for a kill to land mid-write.
 const WRITE_DELAY: Duration = Duration::from_millis(300);
@@ -116,24 +114,13 @@ fn upn(n: usize) -> String {
 /// The token endpoint and Graph: users, the group's kind and its membership writes.
 /// `group_read_delay`: how long Graph takes to answer the read of the group's kind (before the first write).
 async fn entra_fake(group_read_delay: Duration) -> (MockServer, Arc<Mutex<GroupState>>) {
-    let entra = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
-        )
-        .mount(&entra)
-        .await;
+    let entra = crate::common::entra::entra().await;
     Mock::given(method("GET")).and(path_regex("^/v1.0/users/[^/]+$")).respond_with(Users).mount(&entra).await;
     Mock::given(method("GET"))
         .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
         .respond_with(
             ResponseTemplate::new(200)
-                .set_body_json(json!({
-                    "id": PORTAL_GROUP, "displayName": "EPM - User Portal Access", "groupTypes": [],
-                    "onPremisesSyncEnabled": null, "isAssignableToRole": false
-                }))
+                .set_body_json(group_resource(PORTAL_GROUP, PORTAL_LABEL, json!([])))
                 .set_delay(group_read_delay),
         )
         .mount(&entra)
@@ -172,24 +159,9 @@ scheme = "hmac_sha256"
 header = "X-Signature"
 secrets = [{{ file = "{webhook_secret}" }}]
 
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{client_secret}" }}
-authority = "{uri}"
-graph_url = "{uri}/v1.0"
-arm_url = "{uri}"
-
-[[policy.rules]]
-name = "portal-access"
-request_types = ["Permissions portal access"]
-require_confirmation = false
-[[policy.rules.grants]]
-kind = "group_member"
-group_id = "{PORTAL_GROUP}"
-label = "EPM - User Portal Access"
-"#,
-        uri = entra.uri()
+{entra}{portal}"#,
+        entra = entra_table(&entra.uri(), &client_secret),
+        portal = portal_rule("require_confirmation = false", ""),
     );
     dir.write("execution.toml", text)
 }

@@ -12,13 +12,11 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use crate::common::entra::{PORTAL_GROUP as GROUP, PORTAL_LABEL, assigned_group, entra_table, portal_rule};
 use crate::common::ledger::{Ledger, Seeded};
 use crate::common::{Backend, TempDir, TestDb};
 use crate::process::{Server, run};
 
-const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-const GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
 /// Member with an active grant.
 const KEPT: &str = "20000000-0000-4000-8000-000000000001";
 /// Member whose grant was revoked: lingering.
@@ -71,23 +69,8 @@ impl Respond for Remove {
 }
 
 async fn entra_fake() -> (MockServer, Arc<Mutex<Group>>) {
-    let entra = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
-        )
-        .mount(&entra)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(format!("/v1.0/groups/{GROUP}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "id": GROUP, "displayName": "EPM - User Portal Access", "groupTypes": [],
-            "onPremisesSyncEnabled": null, "isAssignableToRole": false
-        })))
-        .mount(&entra)
-        .await;
+    let entra = crate::common::entra::entra().await;
+    assigned_group(&entra, GROUP, PORTAL_LABEL).await;
     let group = Arc::new(Mutex::new(Group {
         members: [KEPT, ENDED].iter().map(|m| m.to_string()).collect(),
         deleted: Vec::new(),
@@ -119,23 +102,9 @@ kind = "jira"
 scheme = "jira_hub_signature"
 secrets = [{{ file = "{webhook_secret}" }}]
 
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{client_secret}" }}
-authority = "{uri}"
-graph_url = "{uri}/v1.0"
-arm_url = "{uri}"
-
-[[policy.rules]]
-name = "portal-access"
-request_types = ["Permissions portal access"]
-[[policy.rules.grants]]
-kind = "group_member"
-group_id = "{GROUP}"
-label = "EPM - User Portal Access"
-"#,
-        uri = entra.uri()
+{entra}{portal}"#,
+        entra = entra_table(&entra.uri(), &client_secret),
+        portal = portal_rule("", ""),
     );
     dir.write("reconcile.toml", text)
 }

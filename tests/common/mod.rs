@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use grantbridge::config::{EnvOverrides, Settings};
 use grantbridge::store::Store;
 
+pub mod entra;
 pub mod ledger;
 pub mod sign;
 

@@ -15,10 +15,37 @@ use wiremock::{Mock, Request, ResponseTemplate};
 
 use crate::both_backends;
 use crate::common::Backend;
-use crate::scenarios::{
-    Fakes, PIM_GROUP, PORTAL_GROUP, RILEY_ID, TestApp, comment_created, fakes, group_member_writes_accepted,
-    json_fixture, spawn_with_clock, writes,
-};
+use crate::common::entra::{PORTAL_LABEL, assigned_group};
+use crate::harness::{Fakes, PORTAL_GROUP, RILEY_ID, TestApp, group_member_writes_accepted, json_fixture, spawn_with_clock};
+
+const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
+
+/// Granted outcomes resolve the Jira request, as in the scenarios.
+const CALLBACKS: &str = r#"
+[callbacks.sources.jira.granted]
+transition = "Resolve this issue"
+"#;
+
+/// Riley and Avery in Entra, and both groups (assigned membership).
+async fn fakes() -> Fakes {
+    let fakes = crate::harness::fakes().await;
+    assigned_group(&fakes.entra, PORTAL_GROUP, PORTAL_LABEL).await;
+    assigned_group(&fakes.entra, PIM_GROUP, "Billing Administrators").await;
+    fakes
+}
+
+/// JSM answers a new request comment with 201 and the comment.
+fn comment_created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "id": "1000", "body": "(posted)", "public": true, "author": {"accountId": "bot"},
+        "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
+    }))
+}
+
+/// Every request to `server` other than a GET.
+async fn writes(server: &wiremock::MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap().into_iter().filter(|r| r.method.as_str() != "GET").collect()
+}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -197,7 +224,8 @@ async fn audit_kinds(store: &Store, grant_id: &str) -> Vec<(String, String, Valu
 
 async fn app_at(backend: Backend, fakes: &Fakes, policy: &str) -> (TestApp, Arc<ManualClock>) {
     let clock = ManualClock::starting_now();
-    let app = spawn_with_clock(backend, fakes, &format!("{policy}{}", admin_tokens()), clock.clone()).await;
+    let rest = format!("{CALLBACKS}\n{policy}{}", admin_tokens());
+    let app = spawn_with_clock(backend, fakes, "", &rest, clock.clone()).await;
     (app, clock)
 }
 

@@ -5,6 +5,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod confirmation;
+mod harness;
 mod lifecycle;
 mod normalize;
 mod pipeline;

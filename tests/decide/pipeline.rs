@@ -1,108 +1,20 @@
 //! Stored webhook -> worker -> decision, with Jira, ServiceNow, the token endpoint and Graph as local fakes.
 
 use grantbridge::startup::Application;
-use grantbridge::store::Store;
 use serde_json::{Value, json};
 use sha2::Digest;
 use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_backends;
-use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
+use crate::common::entra::{entra_table, portal_rule, token_endpoint};
+use crate::common::{Backend, TempDir, fixture, settings_from};
+use crate::harness::{
+    AVERY_ID, Fakes, PORTAL_GROUP, RILEY_ID, TestApp, bare_fakes, config, fakes, group_member_writes_accepted,
+    group_member_writes_throttled, jira_issue, jira_reads, json_fixture, servicenow_reads, writable_group,
+};
 
-const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
 const APPROVERS_GROUP: &str = "11111111-2222-4333-8444-555555555555";
-const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
-const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
-
-struct Fakes {
-    jira: MockServer,
-    servicenow: MockServer,
-    entra: MockServer,
-}
-
-struct TestApp {
-    app_worker: grantbridge::worker::Worker,
-    executor: grantbridge::worker::Executor,
-    store: Store,
-    client: reqwest::Client,
-    address: String,
-    _db: TestDb,
-    _dir: TempDir,
-}
-
-impl TestApp {
-    async fn deliver(&self, source: &str, fixture_name: &str) -> String {
-        self.deliver_body(source, std::fs::read_to_string(fixture(fixture_name)).unwrap()).await
-    }
-
-    async fn deliver_body(&self, source: &str, body: String) -> String {
-        let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
-        request = request.header("Content-Type", "application/json");
-        if source == "jira" {
-            request = request.header("X-Hub-Signature", sign::hub_signature("jira-secret", body.as_bytes()));
-        } else {
-            let ts = sign::now().to_string();
-            request = request
-                .header("X-Timestamp", &ts)
-                .header("X-Signature", sign::servicenow_timestamped("sn-secret", &ts, body.as_bytes()));
-        }
-        let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert_eq!(answer["status"], "accepted", "{answer}");
-        answer["event_id"].as_str().unwrap().to_string()
-    }
-
-    /// Runs the worker until nothing is due, then returns the stored decision's detail.
-    async fn decision(&self, event_id: &str) -> Value {
-        self.app_worker.run_pending().await.unwrap();
-        let id = grantbridge::domain::EventId::parse(event_id).unwrap();
-        let stored = self.store.decision(id).await.unwrap().expect("a decision is stored");
-        let detail: Value = serde_json::from_str(&stored.detail).unwrap();
-        assert_eq!(detail["decision"]["outcome"], stored.outcome);
-        detail
-    }
-}
-
-async fn token_endpoint(entra: &MockServer) {
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
-        )
-        .mount(entra)
-        .await;
-}
-
-/// Fakes that know nobody yet: only the token endpoint answers.
-async fn bare_fakes() -> Fakes {
-    let fakes = Fakes {
-        jira: MockServer::start().await,
-        servicenow: MockServer::start().await,
-        entra: MockServer::start().await,
-    };
-    token_endpoint(&fakes.entra).await;
-    fakes
-}
-
-/// Fakes where Riley (the receiver) and Avery (the approver) exist in Entra.
-async fn fakes() -> Fakes {
-    let fakes = bare_fakes().await;
-    let user = |id: &str, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true});
-    Mock::given(method("GET"))
-        .and(path("/v1.0/users/riley.requester@example.com"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(user(RILEY_ID, "riley.requester@example.com")))
-        .mount(&fakes.entra)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/v1.0/users/avery.approver@example.com"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(user(AVERY_ID, "avery.approver@example.com")))
-        .mount(&fakes.entra)
-        .await;
-    fakes
-}
 
 async fn mount_not_found_users(fakes: &Fakes) {
     Mock::given(method("GET"))
@@ -122,135 +34,27 @@ async fn mount_not_found_users(fakes: &Fakes) {
 /// The admin token that may call `/v1/plan`; the config holds only its SHA-256.
 const PLAN_TOKEN: &str = "pipeline-plan-token-7b1e4c";
 
-/// The test service's config: fakes for every upstream, secrets in `dir`, `[workers]` as given (count 0 unless
-/// `workers` sets it: tests drive workers themselves).
-fn config(fakes: &Fakes, dir: &TempDir, rule_extra: &str, workers_extra: &str) -> String {
-    let workers =
-        if workers_extra.contains("count") { workers_extra.to_string() } else { format!("count = 0\n{workers_extra}") };
-    let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
-    let (jira_secret, sn_secret, token, password, client_secret) = (
-        s("j", "jira-secret"),
-        s("s", "sn-secret"),
-        s("t", "jira-api-token"),
-        s("p", "sn-password"),
-        s("c", "entra-client-secret"),
-    );
+/// What follows `[entra]` in these tests' config: the planner's admin token and the portal rule, `rule_extra` in it.
+fn policy(rule_extra: &str) -> String {
     format!(
-        r#"
-[server]
-workers = 1
-[workers]
-{workers}
-
-[sources.jira]
-kind = "jira"
-[[sources.jira.verify]]
-scheme = "jira_hub_signature"
-secrets = [{{ file = "{jira_secret}" }}]
-[sources.jira.ticket]
-request_type_field = "customfield_10010"
-approvals_field = "customfield_10020"
-[sources.jira.api]
-base_url = "{jira}"
-auth = {{ kind = "basic", email = "bot@example.com", api_token = {{ file = "{token}" }} }}
-
-[sources.servicenow]
-kind = "servicenow"
-[[sources.servicenow.verify]]
-scheme = "hmac_sha256"
-header = "X-Signature"
-timestamp_header = "X-Timestamp"
-secrets = [{{ file = "{sn_secret}" }}]
-[sources.servicenow.api]
-base_url = "{servicenow}"
-auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{password}" }} }}
-
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{client_secret}" }}
-authority = "{entra}"
-graph_url = "{entra}/v1.0"
-arm_url = "{entra}"
-
-[[admin.tokens]]
-name = "planner"
-sha256 = "{planner}"
-role = "read"
-
-[[policy.rules]]
-name = "portal-access"
-request_types = ["Permissions portal access"]
-{rule_extra}
-[[policy.rules.grants]]
-kind = "group_member"
-group_id = "{PORTAL_GROUP}"
-label = "EPM - User Portal Access"
-"#,
-        jira = fakes.jira.uri(),
-        servicenow = fakes.servicenow.uri(),
-        entra = fakes.entra.uri(),
+        "\n[[admin.tokens]]\nname = \"planner\"\nsha256 = \"{planner}\"\nrole = \"read\"\n{rule}",
         planner = hex::encode(sha2::Sha256::digest(PLAN_TOKEN.as_bytes())),
+        rule = portal_rule(rule_extra, ""),
     )
 }
 
 async fn spawn(backend: Backend, fakes: &Fakes, rule_extra: &str, workers_extra: &str) -> TestApp {
-    let db = TestDb::new(backend).await;
-    let dir = TempDir::new();
-    let config = config(fakes, &dir, rule_extra, workers_extra);
-    let settings = settings_from(&config, &db);
-    let app = Application::build(settings).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let app_worker = app.worker();
-    let executor = app.executor().expect("an Entra tenant is configured");
-    tokio::spawn(app.run_until_stopped());
-    let store = db.store().await;
-    TestApp { app_worker, executor, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
-}
-
-fn json_fixture(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
-}
-
-async fn servicenow_says(fakes: &Fakes, record: &str) {
-    Mock::given(method("GET"))
-        .and(path("/api/now/table/sc_req_item/9d385017c611228701d22104cc95c371"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(record)))
-        .mount(&fakes.servicenow)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/now/table/sysapproval_approver"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture("servicenow/table-approvals.json")))
-        .mount(&fakes.servicenow)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/now/table/sys_user/46d44a5fa9fe198101e4d1c2b8a1e9a8"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": "46d44a5fa9fe198101e4d1c2b8a1e9a8", "user_name": "avery.approver", "email": "avery.approver@example.com"}})))
-        .mount(&fakes.servicenow)
-        .await;
+    crate::harness::spawn(backend, fakes, workers_extra, &policy(rule_extra)).await
 }
 
 async fn jira_says(fakes: &Fakes, approvals: &str, issue: Value) {
-    Mock::given(method("GET"))
-        .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(approvals)))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/rest/api/3/issue/ACCESS-42"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(issue))
-        .mount(&fakes.jira)
-        .await;
-}
-
-fn jira_issue() -> Value {
-    json_fixture("jira/issue-updated-approved.json")["issue"].clone()
+    jira_reads(fakes, json_fixture(approvals), issue).await;
 }
 
 both_backends! {
     async fn servicenow_approval_confirmed_becomes_a_plan_for_the_resolved_user(backend: Backend) {
         let fakes = fakes().await;
-        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
         let app = spawn(backend, &fakes, "", "").await;
         let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
         let detail = app.decision(&id).await;
@@ -273,7 +77,7 @@ both_backends! {
 #[tokio::test]
 async fn servicenow_read_back_still_pending_refuses() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-requested.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-requested.json").await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     let detail = app.decision(&id).await;
@@ -325,7 +129,7 @@ async fn jira_read_back_naming_another_person_refuses() {
 async fn an_unknown_receiver_is_refused_not_retried() {
     let fakes = bare_fakes().await;
     mount_not_found_users(&fakes).await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     let detail = app.decision(&id).await;
@@ -336,7 +140,7 @@ async fn an_unknown_receiver_is_refused_not_retried() {
 #[tokio::test]
 async fn an_approver_outside_the_required_group_is_refused() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     Mock::given(method("POST"))
         .and(path(format!("/v1.0/users/{AVERY_ID}/checkMemberGroups")))
         .and(body_string_contains(APPROVERS_GROUP))
@@ -368,7 +172,7 @@ async fn an_unreachable_ticketing_system_is_retried_then_refused() {
 #[tokio::test]
 async fn plan_over_http_offline_and_confirmed() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let payload = json_fixture("servicenow/ritm-approved.json");
     let ask = |confirm: bool| {
@@ -432,13 +236,7 @@ kind = "jira"
 scheme = "jira_hub_signature"
 secrets = [{{ file = "{hub}" }}]
 
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{secret}" }}
-authority = "{uri}"
-graph_url = "{uri}/v1.0"
-
+{entra}
 [[policy.rules]]
 name = "portal-access"
 request_types = ["Permissions portal access"]
@@ -447,8 +245,7 @@ kind = "group_member"
 group_name = "EPM - User Portal Access"
 "#,
             hub = hub.display(),
-            secret = secret.display(),
-            uri = entra.uri()
+            entra = entra_table(&entra.uri(), &secret.display().to_string()),
         ),
     );
     grantbridge::config::Settings::load_online(&config).await.map_err(|e| e.to_string())
@@ -510,17 +307,6 @@ async fn an_approval_revoked_after_the_webhook_is_refused() {
     assert!(fakes.entra.received_requests().await.unwrap().is_empty(), "nothing is looked up for a refusal");
 }
 
-async fn writable_group(fakes: &Fakes, group_types: Value) {
-    Mock::given(method("GET"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "id": PORTAL_GROUP, "displayName": "EPM - User Portal Access", "groupTypes": group_types,
-            "onPremisesSyncEnabled": null, "isAssignableToRole": false
-        })))
-        .mount(&fakes.entra)
-        .await;
-}
-
 async fn member_writes(fakes: &Fakes) -> Vec<wiremock::Request> {
     let requests = fakes.entra.received_requests().await.unwrap();
     requests.into_iter().filter(|r| r.method.as_str() != "GET" && r.url.path().starts_with("/v1.0/groups/")).collect()
@@ -529,13 +315,9 @@ async fn member_writes(fakes: &Fakes) -> Vec<wiremock::Request> {
 both_backends! {
     async fn an_approved_request_ends_as_an_active_group_membership(backend: Backend) {
         let fakes = fakes().await;
-        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
         writable_group(&fakes, json!([])).await;
-        Mock::given(method("PATCH"))
-            .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-            .respond_with(ResponseTemplate::new(204))
-            .mount(&fakes.entra)
-            .await;
+        group_member_writes_accepted(&fakes).await;
         let app = spawn(backend, &fakes, "", "").await;
         let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
         assert_eq!(app.decision(&id).await["decision"]["outcome"], "plan");
@@ -557,23 +339,9 @@ both_backends! {
 #[tokio::test]
 async fn graph_throttling_is_waited_out_and_the_grant_made_once() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     writable_group(&fakes, json!([])).await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1").set_body_json(json!({
-            "error": {"code": "TooManyRequests", "message": "Too many requests", "innerError": {"request-id": "r-1", "date": "2026-11-28T08:00:00"}}
-        })))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&fakes.entra)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(204))
-        .with_priority(2)
-        .mount(&fakes.entra)
-        .await;
+    group_member_writes_throttled(&fakes, 1).await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     app.decision(&id).await;
@@ -587,7 +355,7 @@ async fn graph_throttling_is_waited_out_and_the_grant_made_once() {
 #[tokio::test]
 async fn a_dynamic_group_is_refused_before_any_write() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     writable_group(&fakes, json!(["DynamicMembership", "Unified"])).await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
@@ -604,13 +372,9 @@ async fn a_dynamic_group_is_refused_before_any_write() {
 #[tokio::test]
 async fn the_same_ticket_decided_twice_is_granted_once() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     writable_group(&fakes, json!([])).await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&fakes.entra)
-        .await;
+    group_member_writes_accepted(&fakes).await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let body = std::fs::read_to_string(fixture("servicenow/ritm-approved.json")).unwrap();
     // ServiceNow sends the record again after an unrelated update: a new event, the same ticket.
@@ -628,11 +392,11 @@ async fn the_same_ticket_decided_twice_is_granted_once() {
 #[cfg_attr(not(postgres_tests), ignore = "PostgreSQL test: set GRANTBRIDGE_TEST_POSTGRES_URL to run it")]
 async fn a_replica_is_woken_by_work_stored_by_another() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     let app = spawn(Backend::Postgres, &fakes, "", "").await;
     // A second replica on the same database, deciding in the background, polling only once a minute.
     let dir = TempDir::new();
-    let other = settings_from(&config(&fakes, &dir, "", "count = 1\npoll_ms = 60000"), &app._db);
+    let other = settings_from(&config(&fakes, &dir, "count = 1\npoll_ms = 60000", &policy("")), &app.db);
     let other = Application::build(other).await.unwrap();
     let handle = other.handle();
     tokio::spawn(other.run_until_stopped());
@@ -659,7 +423,7 @@ async fn a_disabled_entra_account_does_not_receive_access() {
         })))
         .mount(&fakes.entra)
         .await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     let app = spawn(Backend::Sqlite, &fakes, "", "").await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     let detail = app.decision(&id).await;
@@ -670,7 +434,7 @@ async fn a_disabled_entra_account_does_not_receive_access() {
 #[tokio::test]
 async fn a_slow_grant_keeps_its_lease_and_is_not_taken_over() {
     let fakes = fakes().await;
-    servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+    servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
     writable_group(&fakes, json!([])).await;
     Mock::given(method("PATCH"))
         .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
@@ -711,12 +475,8 @@ both_backends! {
         let fakes = bare_fakes().await;
         Mock::given(method("GET")).and(path_regex("^/v1.0/users/[^/]+$")).respond_with(AnyUser).mount(&fakes.entra).await;
         writable_group(&fakes, json!([])).await;
-        Mock::given(method("PATCH"))
-            .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-            .respond_with(ResponseTemplate::new(204))
-            .mount(&fakes.entra)
-            .await;
-        servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
+        group_member_writes_accepted(&fakes).await;
+        servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
         let app = spawn(backend, &fakes, "", "").await;
         let template = json_fixture("servicenow/ritm-approved.json");
         // One ticket asking access for thirty people: thirty grants.
@@ -729,7 +489,7 @@ both_backends! {
                 assert_eq!(decided["decision"]["outcome"], "plan", "{decided}");
             }
         }
-        app.app_worker.run_pending().await.unwrap();
+        app.worker.run_pending().await.unwrap();
 
         assert_eq!(app.executor.run_pending().await.unwrap(), 2, "two batches");
 

@@ -14,12 +14,10 @@ use wiremock::matchers::{method, path, path_regex, query_param, query_param_is_m
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::both_backends;
+use crate::common::entra::{PORTAL_GROUP as GROUP, entra_table, group_resource, portal_rule};
 use crate::common::ledger::{Ledger, Seeded};
 use crate::common::{Backend, TempDir, TestDb, settings_from};
 
-const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-const GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
 /// A second managed group, whose members Graph refuses to list.
 const BROKEN_GROUP: &str = "0b9e7c31-5a4f-4e2d-8c1b-7a6f3e2d1c0b";
 const PIM_GROUP: &str = "5a1c2e3f-7b8d-4e9f-a0b1-c2d3e4f5a6b7";
@@ -66,23 +64,7 @@ kind = "jira"
 scheme = "jira_hub_signature"
 secrets = [{{ file = "{webhook_secret}" }}]
 
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{client_secret}" }}
-authority = "{uri}"
-graph_url = "{uri}/v1.0"
-arm_url = "{uri}"
-
-[[policy.rules]]
-name = "portal-access"
-request_types = ["Permissions portal access"]
-[[policy.rules.grants]]
-kind = "group_member"
-group_id = "{GROUP}"
-label = "EPM - User Portal Access"
-{flags}
-[[policy.rules.grants]]
+{entra}{portal}[[policy.rules.grants]]
 kind = "group_member"
 group_id = "{BROKEN_GROUP}"
 label = "Broken"
@@ -97,7 +79,8 @@ group_id = "{PIM_GROUP}"
 access = "member"
 label = "Billing Administrators"
 "#,
-        uri = entra.uri()
+        entra = entra_table(&entra.uri(), &client_secret),
+        portal = portal_rule("", flags),
     )
 }
 
@@ -132,23 +115,12 @@ fn page(ids: &[&str], next: Option<String>) -> Value {
 /// Token endpoint; both groups assigned (not dynamic); the portal group's members over three pages (one id in
 /// upper case); the broken group's listing refused; every membership write answered 204.
 async fn graph() -> MockServer {
-    let entra = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
-        )
-        .mount(&entra)
-        .await;
+    let entra = crate::common::entra::entra().await;
     for group in [GROUP, BROKEN_GROUP] {
         Mock::given(method("GET"))
             .and(path(format!("/v1.0/groups/{group}")))
             .and(query_param("$select", GROUP_SELECT))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "id": group, "displayName": "Group", "groupTypes": [], "onPremisesSyncEnabled": null,
-                "isAssignableToRole": false
-            })))
+            .respond_with(ResponseTemplate::new(200).set_body_json(group_resource(group, "Group", json!([]))))
             .mount(&entra)
             .await;
     }

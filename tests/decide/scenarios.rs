@@ -2,36 +2,24 @@
 //! loopback for the token endpoint, Graph, Jira Service Management and ServiceNow. Each scenario checks what the
 //! fakes received: the writes to Graph, the comments and work notes, the transitions and states.
 
-use grantbridge::startup::Application;
 use grantbridge::store::Store;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::both_backends;
-use crate::common::{Backend, TempDir, TestDb, fixture, settings_from, sign};
+use crate::common::entra::{assigned_group, portal_rule};
+use crate::common::{Backend, fixture};
+use crate::harness::{
+    Fakes, PORTAL_GROUP, RILEY_ID, SYS_ID, TestApp, group_member_writes_accepted, group_member_writes_throttled,
+    jira_issue, jira_reads, json_fixture, servicenow_reads,
+};
 
-pub(crate) const TENANT: &str = "8f2d4b61-9c3a-4e7f-b1d5-0a6c2e9f4b73";
-pub(crate) const CLIENT: &str = "3c9e1f7a-2b4d-4c6e-8a0f-5d7b9e1c3a24";
-pub(crate) const PORTAL_GROUP: &str = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90";
-pub(crate) const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
-pub(crate) const RILEY_ID: &str = "aaaaaaaa-1111-4111-8111-111111111111";
-pub(crate) const AVERY_ID: &str = "bbbbbbbb-2222-4222-8222-222222222222";
-pub(crate) const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
 /// The Jira issue id of ACCESS-42 in the fixtures: callbacks address the issue by id, which survives a move.
-pub(crate) const ISSUE_ID: &str = "10042";
+const ISSUE_ID: &str = "10042";
 
-pub(crate) const PORTAL_RULE: &str = r#"
-[[policy.rules]]
-name = "portal-access"
-request_types = ["Permissions portal access"]
-[[policy.rules.grants]]
-kind = "group_member"
-group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
-label = "EPM - User Portal Access"
-"#;
-
-pub(crate) const PIM_RULE: &str = r#"
+const PIM_RULE: &str = r#"
 [[policy.rules]]
 name = "billing-admins-pim"
 request_types = ["Permissions portal access"]
@@ -44,216 +32,34 @@ label = "Billing Administrators (PIM)"
 "#;
 
 /// Granted outcomes go to the ticket as internal notes; Jira requests are then resolved.
-pub(crate) const CALLBACKS: &str = r#"
+const CALLBACKS: &str = r#"
 [callbacks.granted]
 visibility = "internal"
 [callbacks.sources.jira.granted]
 transition = "Resolve this issue"
 "#;
 
-pub(crate) struct Fakes {
-    pub(crate) jira: MockServer,
-    pub(crate) servicenow: MockServer,
-    pub(crate) entra: MockServer,
+/// The portal rule.
+fn portal() -> String {
+    portal_rule("", "")
 }
 
-pub(crate) struct TestApp {
-    pub(crate) worker: grantbridge::worker::Worker,
-    pub(crate) executor: grantbridge::worker::Executor,
-    pub(crate) callbacker: grantbridge::callbacks::Callbacker,
-    /// A second worker, executor and callbacker, as another replica would run them.
-    pub(crate) others: (grantbridge::worker::Worker, grantbridge::worker::Executor, grantbridge::callbacks::Callbacker),
-    pub(crate) store: Store,
-    pub(crate) client: reqwest::Client,
-    pub(crate) address: String,
-    pub(crate) _db: TestDb,
-    pub(crate) _dir: TempDir,
-}
-
-impl TestApp {
-    /// Posts a signed webhook; answers the event id and `accepted` or `duplicate`.
-    pub(crate) async fn send(&self, source: &str, body: String) -> (String, String) {
-        let mut request = self.client.post(format!("{}/webhooks/{source}", self.address)).body(body.clone());
-        request = request.header("Content-Type", "application/json");
-        if source == "jira" {
-            request = request.header("X-Hub-Signature", sign::hub_signature("jira-secret", body.as_bytes()));
-        } else {
-            let ts = sign::now().to_string();
-            request = request
-                .header("X-Timestamp", &ts)
-                .header("X-Signature", sign::servicenow_timestamped("sn-secret", &ts, body.as_bytes()));
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 202);
-        let answer: Value = response.json().await.unwrap();
-        (answer["event_id"].as_str().unwrap().to_string(), answer["status"].as_str().unwrap().to_string())
-    }
-
-    pub(crate) async fn deliver(&self, source: &str, fixture_name: &str) -> String {
-        let (id, status) = self.send(source, std::fs::read_to_string(fixture(fixture_name)).unwrap()).await;
-        assert_eq!(status, "accepted");
-        id
-    }
-
-    /// Decides, grants and calls back until nothing is due.
-    pub(crate) async fn settle(&self) {
-        self.worker.run_pending().await.unwrap();
-        self.executor.run_pending().await.unwrap();
-        self.callbacker.run_pending().await.unwrap();
-    }
-
-    pub(crate) async fn outcome(&self, event_id: &str) -> Value {
-        let id = grantbridge::domain::EventId::parse(event_id).unwrap();
-        let stored = self.store.decision(id).await.unwrap().expect("a decision is stored");
-        serde_json::from_str::<Value>(&stored.detail).unwrap()["decision"].clone()
-    }
-
-    /// Makes every queued callback due now, instead of waiting out its back-off.
-    pub(crate) async fn callbacks_due_now(&self) {
-        let sql = "UPDATE callbacks SET next_attempt_at_ms = 0 WHERE state = 'queued'";
-        match &self.store {
-            Store::Sqlite(sqlite) => sqlx::query(sql).execute(&sqlite.pool).await.unwrap().rows_affected(),
-            Store::Postgres(pool) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        };
-    }
-}
-
-pub(crate) async fn fakes() -> Fakes {
-    let fakes = Fakes {
-        jira: MockServer::start().await,
-        servicenow: MockServer::start().await,
-        entra: MockServer::start().await,
-    };
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "graph-token"})),
-        )
-        .mount(&fakes.entra)
-        .await;
-    let user = |id: &str, upn: &str| json!({"id": id, "userPrincipalName": upn, "displayName": upn, "mail": upn, "accountEnabled": true});
-    for (id, upn) in [(RILEY_ID, "riley.requester@example.com"), (AVERY_ID, "avery.approver@example.com")] {
-        Mock::given(method("GET"))
-            .and(path(format!("/v1.0/users/{upn}")))
-            .respond_with(ResponseTemplate::new(200).set_body_json(user(id, upn)))
-            .mount(&fakes.entra)
-            .await;
-    }
-    for (group, name) in [(PORTAL_GROUP, "EPM - User Portal Access"), (PIM_GROUP, "Billing Administrators")] {
-        Mock::given(method("GET"))
-            .and(path(format!("/v1.0/groups/{group}")))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "id": group, "displayName": name, "groupTypes": [], "onPremisesSyncEnabled": null,
-                "isAssignableToRole": false
-            })))
-            .mount(&fakes.entra)
-            .await;
-    }
+/// Riley and Avery in Entra, and both groups (assigned membership).
+async fn fakes() -> Fakes {
+    let fakes = crate::harness::fakes().await;
+    assigned_group(&fakes.entra, PORTAL_GROUP, "EPM - User Portal Access").await;
+    assigned_group(&fakes.entra, PIM_GROUP, "Billing Administrators").await;
     fakes
 }
 
-pub(crate) fn config(fakes: &Fakes, dir: &TempDir, policy: &str) -> String {
-    let s = |name: &str, value: &str| dir.write(name, value).display().to_string();
-    let (jira_secret, sn_secret, token, password, client_secret) = (
-        s("j", "jira-secret"),
-        s("s", "sn-secret"),
-        s("t", "jira-api-token"),
-        s("p", "sn-password"),
-        s("c", "entra-client-secret"),
-    );
-    format!(
-        r#"
-[server]
-workers = 1
-[workers]
-count = 0
-
-[sources.jira]
-kind = "jira"
-[[sources.jira.verify]]
-scheme = "jira_hub_signature"
-secrets = [{{ file = "{jira_secret}" }}]
-[sources.jira.ticket]
-request_type_field = "customfield_10010"
-approvals_field = "customfield_10020"
-[sources.jira.api]
-base_url = "{jira}"
-auth = {{ kind = "basic", email = "bot@example.com", api_token = {{ file = "{token}" }} }}
-
-[sources.servicenow]
-kind = "servicenow"
-[[sources.servicenow.verify]]
-scheme = "hmac_sha256"
-header = "X-Signature"
-timestamp_header = "X-Timestamp"
-secrets = [{{ file = "{sn_secret}" }}]
-[sources.servicenow.api]
-base_url = "{servicenow}"
-auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{password}" }} }}
-
-[entra]
-tenant_id = "{TENANT}"
-client_id = "{CLIENT}"
-client_secret = {{ file = "{client_secret}" }}
-authority = "{entra}"
-graph_url = "{entra}/v1.0"
-arm_url = "{entra}"
-{CALLBACKS}
-{policy}
-"#,
-        jira = fakes.jira.uri(),
-        servicenow = fakes.servicenow.uri(),
-        entra = fakes.entra.uri(),
-    )
-}
-
-pub(crate) async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
-    spawn_with_clock(backend, fakes, policy, grantbridge::clock::system()).await
-}
-
-/// [`spawn`] with workers that judge time by `clock`.
-pub(crate) async fn spawn_with_clock(
-    backend: Backend,
-    fakes: &Fakes,
-    policy: &str,
-    clock: std::sync::Arc<dyn grantbridge::clock::Clock>,
-) -> TestApp {
-    let db = TestDb::new(backend).await;
-    let dir = TempDir::new();
-    let settings = settings_from(&config(fakes, &dir, policy), &db);
-    let app = Application::build_with_clock(settings, clock).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let worker = app.worker();
-    let executor = app.executor().expect("an Entra tenant is configured");
-    let callbacker = app.callbacker().expect("the sources have ticketing APIs");
-    let others = (app.worker(), app.executor().unwrap(), app.callbacker().unwrap());
-    let store = db.store().await;
-    tokio::spawn(app.run_until_stopped());
-    TestApp { worker, executor, callbacker, others, store, client: reqwest::Client::new(), address, _db: db, _dir: dir }
-}
-
-pub(crate) fn json_fixture(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+/// The app with callbacks on and `policy`.
+async fn spawn(backend: Backend, fakes: &Fakes, policy: &str) -> TestApp {
+    crate::harness::spawn(backend, fakes, "", &format!("{CALLBACKS}\n{policy}")).await
 }
 
 /// ServiceNow's Table API: the RITM read back as `record`, Avery's approval, and updates of the RITM.
 async fn servicenow_says(fakes: &Fakes, record: &str) {
-    Mock::given(method("GET"))
-        .and(path(format!("/api/now/table/sc_req_item/{SYS_ID}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture(record)))
-        .mount(&fakes.servicenow)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/now/table/sysapproval_approver"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json_fixture("servicenow/table-approvals.json")))
-        .mount(&fakes.servicenow)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/now/table/sys_user/46d44a5fa9fe198101e4d1c2b8a1e9a8"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"result": {"sys_id": "46d44a5fa9fe198101e4d1c2b8a1e9a8", "user_name": "avery.approver", "email": "avery.approver@example.com"}})))
-        .mount(&fakes.servicenow)
-        .await;
+    servicenow_reads(fakes, record).await;
     // The Table API answers an update with the record's fields asked for in sysparm_fields.
     Mock::given(method("PATCH"))
         .and(path(format!("/api/now/table/sc_req_item/{SYS_ID}")))
@@ -263,17 +69,8 @@ async fn servicenow_says(fakes: &Fakes, record: &str) {
 }
 
 /// Jira: the request's approvals and the issue read back, the comments, transitions offered and made.
-pub(crate) async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
-    Mock::given(method("GET"))
-        .and(path("/rest/servicedeskapi/request/ACCESS-42/approval"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(approvals))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/rest/api/3/issue/ACCESS-42"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(issue))
-        .mount(&fakes.jira)
-        .await;
+async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
+    jira_reads(fakes, approvals, issue).await;
     Mock::given(method("GET"))
         .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/transitions$"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -301,14 +98,14 @@ pub(crate) async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
 }
 
 /// JSM answers a new request comment with 201 and the comment.
-pub(crate) fn comment_created() -> ResponseTemplate {
+fn comment_created() -> ResponseTemplate {
     ResponseTemplate::new(201).set_body_json(json!({
         "id": "1000", "body": "(posted)", "public": false, "author": {"accountId": "bot"},
         "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
     }))
 }
 
-pub(crate) async fn jsm_comments_accepted(fakes: &Fakes) {
+async fn jsm_comments_accepted(fakes: &Fakes) {
     Mock::given(method("POST"))
         .and(path_regex(r"^/rest/servicedeskapi/request/(10042|ACCESS-42)/comment$"))
         .respond_with(comment_created())
@@ -329,29 +126,17 @@ impl wiremock::Respond for DownUntil {
     }
 }
 
-pub(crate) fn jira_issue() -> Value {
-    json_fixture("jira/issue-updated-approved.json")["issue"].clone()
-}
-
-pub(crate) async fn group_member_writes_accepted(fakes: &Fakes) {
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&fakes.entra)
-        .await;
-}
-
 /// Every request to `server` other than a GET.
-pub(crate) async fn writes(server: &MockServer) -> Vec<Request> {
+async fn writes(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap().into_iter().filter(|r| r.method.as_str() != "GET").collect()
 }
 
 /// Writes to Graph (the token endpoint aside).
-pub(crate) async fn graph_writes(fakes: &Fakes) -> Vec<Request> {
+async fn graph_writes(fakes: &Fakes) -> Vec<Request> {
     writes(&fakes.entra).await.into_iter().filter(|r| r.url.path().starts_with("/v1.0/")).collect()
 }
 
-pub(crate) fn body(request: &Request) -> Value {
+fn body(request: &Request) -> Value {
     serde_json::from_slice(&request.body).unwrap()
 }
 
@@ -390,7 +175,7 @@ both_backends! {
         let fakes = fakes().await;
         servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
         group_member_writes_accepted(&fakes).await;
-        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        let app = spawn(backend, &fakes, &portal()).await;
         let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
         app.settle().await;
 
@@ -476,7 +261,7 @@ async fn a_self_approved_request_is_refused_on_the_ticket_and_nothing_granted() 
     jira_says(&fakes, approvals, issue).await;
     jsm_comments_accepted(&fakes).await;
     group_member_writes_accepted(&fakes).await;
-    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let app = spawn(Backend::Sqlite, &fakes, &portal()).await;
     let id = app.deliver("jira", "jira/issue-updated-self-approved.json").await;
     app.settle().await;
 
@@ -500,7 +285,7 @@ async fn servicenow_read_back_still_pending_is_refused_on_the_ritm() {
     let fakes = fakes().await;
     servicenow_says(&fakes, "servicenow/table-ritm-requested.json").await;
     group_member_writes_accepted(&fakes).await;
-    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let app = spawn(Backend::Sqlite, &fakes, &portal()).await;
     let id = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     app.settle().await;
 
@@ -521,7 +306,7 @@ async fn jsm_approvals_still_pending_are_refused_on_the_request() {
     let fakes = fakes().await;
     jira_says(&fakes, json_fixture("jira/approvals-pending.json"), jira_issue()).await;
     jsm_comments_accepted(&fakes).await;
-    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    let app = spawn(Backend::Sqlite, &fakes, &portal()).await;
     let id = app.deliver("jira", "jira/issue-updated-approved.json").await;
     app.settle().await;
 
@@ -537,23 +322,8 @@ async fn jsm_approvals_still_pending_are_refused_on_the_request() {
 async fn graph_throttling_is_waited_out_then_granted_once_with_one_note() {
     let fakes = fakes().await;
     servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1").set_body_json(json!({
-            "error": {"code": "TooManyRequests", "message": "Too many requests",
-                      "innerError": {"request-id": "r-1", "date": "2026-11-28T08:00:00"}}
-        })))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&fakes.entra)
-        .await;
-    Mock::given(method("PATCH"))
-        .and(path(format!("/v1.0/groups/{PORTAL_GROUP}")))
-        .respond_with(ResponseTemplate::new(204))
-        .with_priority(2)
-        .mount(&fakes.entra)
-        .await;
-    let app = spawn(Backend::Sqlite, &fakes, PORTAL_RULE).await;
+    group_member_writes_throttled(&fakes, 2).await;
+    let app = spawn(Backend::Sqlite, &fakes, &portal()).await;
     app.deliver("servicenow", "servicenow/ritm-approved.json").await;
     let started = std::time::Instant::now();
     app.settle().await;
@@ -586,7 +356,7 @@ both_backends! {
             .respond_with(DownUntil(jira_up.clone()))
             .mount(&fakes.jira)
             .await;
-        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        let app = spawn(backend, &fakes, &portal()).await;
         app.deliver("jira", "jira/issue-updated-approved.json").await;
         app.settle().await;
 
@@ -629,7 +399,7 @@ both_backends! {
         let fakes = fakes().await;
         servicenow_says(&fakes, "servicenow/table-ritm-approved.json").await;
         group_member_writes_accepted(&fakes).await;
-        let app = spawn(backend, &fakes, PORTAL_RULE).await;
+        let app = spawn(backend, &fakes, &portal()).await;
         let payload = std::fs::read_to_string(fixture("servicenow/ritm-approved.json")).unwrap();
         let (a, b, c) = tokio::join!(
             app.send("servicenow", payload.clone()),

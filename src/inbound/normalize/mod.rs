@@ -80,6 +80,11 @@ impl TicketMapping {
     pub fn default_for(kind: SourceKind) -> Self {
         TicketMapping { kind, config: TicketMappingConfig::default() }
     }
+
+    /// The field (Jira) or catalog variable (ServiceNow) naming who receives access, when not the default.
+    pub fn requested_for_field(&self) -> Option<&str> {
+        self.config.requested_for_field.as_deref()
+    }
 }
 
 /// What a stored event turned out to be.
