@@ -94,16 +94,18 @@ impl Application {
         let callbacks_wake = Arc::new(Notify::new());
         let callback_settings = Arc::new(settings.callbacks);
         let callbacks = sources.values().any(|s| s.api().is_some()).then(|| {
-            Arc::new(CallbackerContext::new(
-                store.clone(),
-                &sources,
-                callback_settings.clone(),
-                settings.workers.lease,
-                settings.workers.poll,
-                metrics.clone(),
-                callbacks_wake.clone(),
+            Arc::new(
+                CallbackerContext::new(
+                    store.clone(),
+                    &sources,
+                    callback_settings.clone(),
+                    settings.workers.lease,
+                    settings.workers.poll,
+                    metrics.clone(),
+                    callbacks_wake.clone(),
+                )
+                .with_clock(clock.clone()),
             )
-            .with_clock(clock.clone()))
         });
         let providers = settings.entra.as_ref().map(|e| {
             let providers = Providers::from_entra(e, e.arm_url.clone())

@@ -344,7 +344,10 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
         if !WITHDRAW_ACTIONS.contains(&folded.as_str()) {
             return Err(at.err(
                 "withdraw_on",
-                format!("`{action}` is not a ticket action that can withdraw a request; use {}", WITHDRAW_ACTIONS.join(", ")),
+                format!(
+                    "`{action}` is not a ticket action that can withdraw a request; use {}",
+                    WITHDRAW_ACTIONS.join(", ")
+                ),
             ));
         }
         if !withdraw_on.contains(&folded) {

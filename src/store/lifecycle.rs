@@ -64,38 +64,40 @@ impl Store {
         on_pool!(
             self,
             background | pool,
-            begin | {
-                let mut tx = pool.begin_with(begin).await?;
-                let held: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'")
-                        .bind(&job.id)
-                        .bind(owner)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if held.is_none() {
-                    return Ok(SharedAccess::LeaseLost);
-                }
-                if lock {
-                    sqlx::query(LOCK_ACCESS)
+            begin
+                | {
+                    let mut tx = pool.begin_with(begin).await?;
+                    let held: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+                    )
+                    .bind(&job.id)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if held.is_none() {
+                        return Ok(SharedAccess::LeaseLost);
+                    }
+                    if lock {
+                        sqlx::query(LOCK_ACCESS)
+                            .bind(&g.kind)
+                            .bind(&g.target)
+                            .bind(&g.principal_id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    }
+                    let keepers: Vec<(String, String)> = sqlx::query_as(KEEPERS)
                         .bind(&g.kind)
                         .bind(&g.target)
                         .bind(&g.principal_id)
+                        .bind(&g.id)
                         .fetch_all(&mut *tx)
                         .await?;
-                }
-                let keepers: Vec<(String, String)> = sqlx::query_as(KEEPERS)
-                    .bind(&g.kind)
-                    .bind(&g.target)
-                    .bind(&g.principal_id)
-                    .bind(&g.id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let Some((keeper, ticket)) = keepers.into_iter().next() else {
-                    tx.commit().await?;
-                    return Ok(SharedAccess::Remove);
-                };
-                let note = format!("kept for grant {keeper} of ticket {ticket}");
-                sqlx::query(
+                    let Some((keeper, ticket)) = keepers.into_iter().next() else {
+                        tx.commit().await?;
+                        return Ok(SharedAccess::Remove);
+                    };
+                    let note = format!("kept for grant {keeper} of ticket {ticket}");
+                    sqlx::query(
                     "UPDATE grants SET state = $1, ended_reason = $2, ended_by = $3, ended_at_ms = $4, updated_at_ms = $4
                      WHERE id = $5 AND state IN ('active', 'pending')",
                 )
@@ -106,9 +108,9 @@ impl Store {
                 .bind(&g.id)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(SharedAccess::Kept { note })
-            }
+                    tx.commit().await?;
+                    Ok(SharedAccess::Kept { note })
+                }
         )
     }
 
@@ -130,29 +132,31 @@ impl Store {
         on_pool!(
             self,
             write | pool,
-            begin | {
-                let mut tx = pool.begin_with(begin).await?;
-                let row: Option<GrantRow> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(id).fetch_optional(&mut *tx).await?;
-                let Some(grant) = row.map(grant_from) else { return Ok(OperatorRevoke::UnknownGrant) };
-                match grant.state.as_str() {
-                    "active" => {}
-                    "revoked" | "expired" => return Ok(OperatorRevoke::Already(grant)),
-                    _ => return Ok(OperatorRevoke::NotActive(grant)),
-                }
-                // A revocation already due, running or done stays as it is; one waiting for the expiry is brought
-                // forward.
-                let existing: Option<(String, i64)> =
-                    sqlx::query_as("SELECT state, next_attempt_at_ms FROM jobs WHERE grant_id = $1 AND kind = 'revoke'")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some((state, at)) = &existing
-                    && (state != "queued" || *at <= now_ms)
-                {
-                    return Ok(OperatorRevoke::Already(grant));
-                }
-                sqlx::query(
+            begin
+                | {
+                    let mut tx = pool.begin_with(begin).await?;
+                    let row: Option<GrantRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(id).fetch_optional(&mut *tx).await?;
+                    let Some(grant) = row.map(grant_from) else { return Ok(OperatorRevoke::UnknownGrant) };
+                    match grant.state.as_str() {
+                        "active" => {}
+                        "revoked" | "expired" => return Ok(OperatorRevoke::Already(grant)),
+                        _ => return Ok(OperatorRevoke::NotActive(grant)),
+                    }
+                    // A revocation already due, running or done stays as it is; one waiting for the expiry is brought
+                    // forward.
+                    let existing: Option<(String, i64)> = sqlx::query_as(
+                        "SELECT state, next_attempt_at_ms FROM jobs WHERE grant_id = $1 AND kind = 'revoke'",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((state, at)) = &existing
+                        && (state != "queued" || *at <= now_ms)
+                    {
+                        return Ok(OperatorRevoke::Already(grant));
+                    }
+                    sqlx::query(
                     "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms,
                      reason, requested_by)
                      VALUES ($1, $2, 'revoke', 'queued', $3, $3, $3, $4, $5)
@@ -167,16 +171,16 @@ impl Store {
                 .bind(actor)
                 .execute(&mut *tx)
                 .await?;
-                let entry = AuditEntry::operator(AuditKind::OperatorAction, actor)
-                    .source(grant.source.clone())
-                    .ticket(grant.ticket_key.clone())
-                    .event(grant.event_id.clone())
-                    .grant(grant.id.clone())
-                    .detail(serde_json::json!({ "action": "revoke", "reason": reason }));
-                tx.append_audit(now_ms, std::slice::from_ref(&entry)).await?;
-                tx.commit().await?;
-                Ok(OperatorRevoke::Queued(grant))
-            }
+                    let entry = AuditEntry::operator(AuditKind::OperatorAction, actor)
+                        .source(grant.source.clone())
+                        .ticket(grant.ticket_key.clone())
+                        .event(grant.event_id.clone())
+                        .grant(grant.id.clone())
+                        .detail(serde_json::json!({ "action": "revoke", "reason": reason }));
+                    tx.append_audit(now_ms, std::slice::from_ref(&entry)).await?;
+                    tx.commit().await?;
+                    Ok(OperatorRevoke::Queued(grant))
+                }
         )
     }
 

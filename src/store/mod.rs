@@ -29,8 +29,8 @@ pub(crate) use audit::AppendAudit;
 pub use audit::PAGE as AUDIT_PAGE;
 pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
 pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision, Withdrawal};
-pub use lifecycle::{OperatorRevoke, REASON_EXPIRED, SharedAccess, ended_state};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
+pub use lifecycle::{OperatorRevoke, REASON_EXPIRED, SharedAccess, ended_state};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
 pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
 

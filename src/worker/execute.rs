@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::{Step, drain, later, retry_delay, with_heartbeat};
-use crate::clock::Clock;
 use crate::callbacks::{CallbackSettings, TicketRef};
+use crate::clock::Clock;
 use crate::domain::GrantTarget;
 use crate::inbound::{Source, SourceKind};
 use crate::metrics::Metrics;
@@ -222,7 +222,11 @@ impl Executor {
     /// Ends a grant (see docs/lifecycle.md): nothing while its grant job is still running; for PIM, a check that
     /// Entra ended the assignment; otherwise a removal upstream unless another grant still needs the same access.
     /// `Err` carries the upstream's answer for [`Executor::settle`].
-    async fn end(&self, job: &ClaimedJob, request: &GrantRequest) -> Result<JobResult, Result<GrantOutcome, ProviderError>> {
+    async fn end(
+        &self,
+        job: &ClaimedJob,
+        request: &GrantRequest,
+    ) -> Result<JobResult, Result<GrantOutcome, ProviderError>> {
         let now = self.ctx.clock.now_ms();
         if job.grant.state == "pending" {
             return Ok(JobResult::Retry {
@@ -235,7 +239,11 @@ impl Executor {
                 Ok(false) => {
                     self.ctx.metrics.record_job(&job.grant.kind, "expired");
                     tracing::info!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, "PIM assignment ended in Entra");
-                    JobResult::Done { grant_state: "expired", upstream_id: None, expires_at_ms: job.grant.expires_at_ms }
+                    JobResult::Done {
+                        grant_state: "expired",
+                        upstream_id: None,
+                        expires_at_ms: job.grant.expires_at_ms,
+                    }
                 }
                 // Entra ends it on its own clock: a little later.
                 Ok(true) if job.attempts < self.ctx.max_attempts => JobResult::Retry {
@@ -251,7 +259,11 @@ impl Executor {
             Ok(SharedAccess::Kept { note }) => {
                 self.ctx.metrics.record_job(&job.grant.kind, "kept");
                 tracing::info!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, %note, "grant ended; the access stays for another grant");
-                Ok(JobResult::Done { grant_state: ended_state(job), upstream_id: None, expires_at_ms: job.grant.expires_at_ms })
+                Ok(JobResult::Done {
+                    grant_state: ended_state(job),
+                    upstream_id: None,
+                    expires_at_ms: job.grant.expires_at_ms,
+                })
             }
             Ok(SharedAccess::LeaseLost) => Ok(JobResult::Retry { at_ms: now, error: "lease lost".into() }),
             Err(e) => Ok(JobResult::Retry {

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
 use crate::callbacks::{CallbackSettings, CallbackerContext, TicketRef, spawn_callbackers};
+use crate::clock::Clock;
 use crate::config::WorkerSettings;
 use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};

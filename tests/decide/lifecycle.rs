@@ -16,7 +16,9 @@ use wiremock::{Mock, Request, ResponseTemplate};
 use crate::both_backends;
 use crate::common::Backend;
 use crate::common::entra::{PORTAL_LABEL, assigned_group};
-use crate::harness::{Fakes, PORTAL_GROUP, RILEY_ID, TestApp, group_member_writes_accepted, json_fixture, spawn_with_clock};
+use crate::harness::{
+    Fakes, PORTAL_GROUP, RILEY_ID, TestApp, group_member_writes_accepted, json_fixture, spawn_with_clock,
+};
 
 const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
 

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::views::GrantView;
 use super::{Authorized, Operate, unreadable};
+use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::webhooks::read_body;
-use crate::http::AppState;
 use crate::store::OperatorRevoke;
 
 /// The longest reason accepted, in characters: a sentence for the ticket and the audit trail.
@@ -46,9 +46,7 @@ pub(super) async fn revoke(
         return Err(ApiError::InvalidBody("`reason` must say why the access is revoked".into()));
     }
     if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
-        return Err(ApiError::InvalidBody(format!(
-            "`reason` is one line of at most {MAX_REASON_CHARS} characters"
-        )));
+        return Err(ApiError::InvalidBody(format!("`reason` is one line of at most {MAX_REASON_CHARS} characters")));
     }
     let now = state.work.clock.now_ms();
     let done = state.store.revoke_by_operator(&path, &auth.operator.id, reason, now).await.map_err(unreadable)?;
