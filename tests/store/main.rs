@@ -7,6 +7,7 @@ mod reconcile;
 
 mod callbacker;
 mod callbacks;
+mod lifecycle;
 
 mod audit;
 
