@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use grantbridge::store::{JobResult, OperatorRevoke, SharedAccess};
 
-use crate::common::{Backend, TestDb};
+use crate::common::TestDb;
 use crate::{Maker, both_backends, new_grant, planned};
 
 const LEASE: Duration = Duration::from_secs(30);
