@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::deliver::{Deliverer, DeliveryError};
 use super::templates::CallbackSettings;
 use crate::clock::Clock;
-use crate::inbound::{Source, unix_millis};
+use crate::inbound::Source;
 use crate::metrics::Metrics;
 use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
 use crate::worker::{Step, drain, later, run_until_stopped};
@@ -100,7 +100,8 @@ impl Callbacker {
         let ctx = &self.ctx;
         let now = ctx.clock.now_ms();
         let Some(claimed) = ctx.store.claim_callback(&self.id, now, ctx.lease).await? else { return Ok(false) };
-        let result = with_lease(&ctx.store, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
+        let result =
+            with_lease(&ctx.store, &*ctx.clock, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
         let now = ctx.clock.now_ms();
         if !ctx.store.finish_callback(&claimed, &self.id, &result, now).await? {
             tracing::warn!(callback = claimed.id(), "lease lost while delivering: another callbacker took it over");
@@ -162,6 +163,7 @@ impl Step for Callbacker {
 /// system never makes another callbacker post the same callback while this one is still at it.
 async fn with_lease<T>(
     store: &Store,
+    clock: &dyn Clock,
     id: &str,
     owner: &str,
     lease: Duration,
@@ -174,7 +176,7 @@ async fn with_lease<T>(
         tokio::select! {
             result = &mut work => return result,
             _ = ticker.tick() => {
-                let until = unix_millis(SystemTime::now() + lease);
+                let until = later(clock.now_ms(), lease);
                 match store.extend_callback_lease(id, owner, until).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("lease lost during the delivery; its result will be discarded"),

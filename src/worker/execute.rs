@@ -67,9 +67,15 @@ impl Executor {
             return Ok(false);
         }
         let jobs = self.fill(jobs).await?;
-        let results =
-            with_heartbeat(&self.ctx.store, Leased::JobsOf(&self.id), &self.id, self.ctx.lease, self.execute(&jobs))
-                .await;
+        let results = with_heartbeat(
+            &self.ctx.store,
+            &*self.ctx.clock,
+            Leased::JobsOf(&self.id),
+            &self.id,
+            self.ctx.lease,
+            self.execute(&jobs),
+        )
+        .await;
         let now = self.ctx.clock.now_ms();
         let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
         let kept = if self.ctx.sources.values().any(|s| s.api().is_some()) {

@@ -9,7 +9,7 @@ pub use listen::spawn as listen_for_work;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -19,8 +19,8 @@ use crate::clock::Clock;
 use crate::config::WorkerSettings;
 use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};
+use crate::inbound::Source;
 use crate::inbound::normalize::{Normalized, normalize};
-use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
 use crate::store::{
     ClaimedEvent, DecisionRecord, Leased, NewGrant, Store, StoreError, StoredDecision, Withdrawal, batch_key,
@@ -68,7 +68,8 @@ impl Worker {
         }
         let lease = self.ctx.settings.lease;
         let decide_all = futures_util::future::join_all(events.iter().map(|event| self.decide(event)));
-        let outcomes = with_heartbeat(&self.ctx.store, Leased::EventsOf(&self.id), &self.id, lease, decide_all).await;
+        let (store, clock) = (&self.ctx.store, &*self.ctx.clock);
+        let outcomes = with_heartbeat(store, clock, Leased::EventsOf(&self.id), &self.id, lease, decide_all).await;
         let mut records = Vec::with_capacity(events.len());
         let mut labels = Vec::with_capacity(events.len());
         for (event, outcome) in events.iter().zip(outcomes) {
@@ -209,6 +210,7 @@ fn decision_label(decision: &Decision) -> &'static str {
 /// (a long Retry-After) never make another worker take over work that is still in progress.
 pub(crate) async fn with_heartbeat<T>(
     store: &Store,
+    clock: &dyn Clock,
     what: Leased<'_>,
     owner: &str,
     lease: Duration,
@@ -221,7 +223,7 @@ pub(crate) async fn with_heartbeat<T>(
         tokio::select! {
             result = &mut work => return result,
             _ = ticker.tick() => {
-                let until = unix_millis(SystemTime::now() + lease);
+                let until = later(clock.now_ms(), lease);
                 match store.extend_lease(what, owner, until).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("lease lost during the work; its outcome will be discarded"),

@@ -584,3 +584,35 @@ both_backends! {
         assert_eq!(only_grant(&app.store, "ACCESS-42").await.state, "revoked");
     }
 }
+
+both_backends! {
+    async fn a_ticket_cancelled_while_its_grant_runs_is_revoked_right_after_it(backend: Backend) {
+        let fakes = fakes().await;
+        jira_approves(&fakes).await;
+        group_member_writes_accepted(&fakes).await;
+        removal_accepted(&fakes).await;
+        let (app, clock) = app_at(backend, &fakes, UNTIL_REVOKED).await;
+        app.send("jira", jira_event("ACCESS-42", "10042", "Approved")).await;
+        app.worker.run_pending().await.unwrap();
+        // Another replica is adding Riley to the group right now.
+        let now = grantbridge::clock::Clock::now_ms(&*clock);
+        let adding = app.store.claim_job("slow-replica", now, Duration::from_secs(600)).await.unwrap().unwrap();
+        assert_eq!(adding.kind, "grant");
+
+        app.send("jira", jira_event("ACCESS-42", "10042", "Cancelled")).await;
+        app.worker.run_pending().await.unwrap();
+        app.executor.run_pending().await.unwrap();
+        assert!(membership_deletes(&fakes).await.is_empty(), "nothing to remove while the add is under way");
+        assert_eq!(only_grant(&app.store, "ACCESS-42").await.state, "pending");
+
+        // The add lands; the revocation, looking again shortly after, removes it.
+        let added = grantbridge::store::JobResult::Done { grant_state: "active", upstream_id: None, expires_at_ms: None };
+        assert!(app.store.finish_job(&adding, "slow-replica", &added, now).await.unwrap());
+        clock.advance(Duration::from_secs(6));
+        run_all(&app).await;
+        assert_eq!(membership_deletes(&fakes).await.len(), 1);
+        let grant = only_grant(&app.store, "ACCESS-42").await;
+        assert_eq!((grant.state.as_str(), grant.ended_reason.as_deref()), ("revoked", Some("withdrawn: cancelled")));
+        assert_eq!(containing(&comments(&fakes).await, "has been removed").len(), 1);
+    }
+}
