@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use grantbridge::clock::ManualClock;
-use grantbridge::store::{GrantRecord, Store};
+use grantbridge::store::{GrantRecord, SharedAccess, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path, path_regex};
@@ -614,5 +614,49 @@ both_backends! {
         let grant = only_grant(&app.store, "ACCESS-42").await;
         assert_eq!((grant.state.as_str(), grant.ended_reason.as_deref()), ("revoked", Some("withdrawn: cancelled")));
         assert_eq!(containing(&comments(&fakes).await, "has been removed").len(), 1);
+    }
+}
+
+both_backends! {
+    async fn a_membership_removed_while_another_ticket_granted_it_is_added_back(backend: Backend) {
+        let fakes = fakes().await;
+        jira_approves(&fakes).await;
+        group_member_writes_accepted(&fakes).await;
+        removal_accepted(&fakes).await;
+        let (app, clock) = app_at(backend, &fakes, UNTIL_REVOKED).await;
+        app.send("jira", jira_event("ACCESS-42", "10042", "Approved")).await;
+        run_all(&app).await;
+        app.send("jira", jira_event("ACCESS-42", "10042", "Cancelled")).await;
+        app.worker.run_pending().await.unwrap();
+
+        // A replica takes the revocation and finds nobody else needing the membership...
+        let now = grantbridge::clock::Clock::now_ms(&*clock);
+        let revoking = app.store.claim_job("replica", now, Duration::from_secs(600)).await.unwrap().unwrap();
+        assert_eq!(revoking.kind, "revoke");
+        assert_eq!(app.store.check_shared_access(&revoking, "replica", now).await.unwrap(), SharedAccess::Remove);
+        // ...while ACCESS-43, for the same membership, is granted (Graph: already a member)...
+        app.send("jira", jira_event("ACCESS-43", "10043", "Approved")).await;
+        run_all(&app).await;
+        let second = only_grant(&app.store, "ACCESS-43").await;
+        assert_eq!(second.state, "active");
+        assert_eq!(membership_adds(&fakes).await.len(), 2);
+        // ...and then removes it.
+        let removed = reqwest::Client::new()
+            .delete(format!("{}/v1.0/groups/{PORTAL_GROUP}/members/{RILEY_ID}/$ref", fakes.entra.uri()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), 204);
+        let done = grantbridge::store::JobResult::Done { grant_state: "revoked", upstream_id: None, expires_at_ms: None };
+        assert!(app.store.finish_job(&revoking, "replica", &done, now).await.unwrap());
+
+        // ACCESS-43's grant is executed again: Riley is a member again.
+        run_all(&app).await;
+        let adds = membership_adds(&fakes).await;
+        assert_eq!(adds.len(), 3, "added back once: {adds:?}");
+        assert_eq!(only_grant(&app.store, "ACCESS-43").await.state, "active");
+        assert_eq!(only_grant(&app.store, "ACCESS-42").await.state, "revoked");
+        run_all(&app).await;
+        assert_eq!(membership_adds(&fakes).await.len(), 3);
     }
 }
