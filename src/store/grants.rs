@@ -385,10 +385,16 @@ impl Store {
                             sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
                                 .bind(error)
                         }
-                        JobResult::Dead { error } => sqlx::query(
+                        JobResult::Dead { error } if job.kind == "grant" => sqlx::query(
                             "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",
                         )
                         .bind(error),
+                        // An ending that gave up leaves the access in place: the grant stays as it is, with the
+                        // error, and the job is a dead letter an operator can ask again (lifecycle).
+                        JobResult::Dead { error } => {
+                            sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
+                                .bind(error)
+                        }
                     };
                         grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
                         // --- lifecycle: scheduling the end of a grant, and recording it (kinds revoke / expire) ---

@@ -132,37 +132,38 @@ impl Store {
         on_pool!(
             self,
             write | pool,
-            begin
-                | {
-                    let mut tx = pool.begin_with(begin).await?;
-                    let row: Option<GrantRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(id).fetch_optional(&mut *tx).await?;
-                    let Some(grant) = row.map(grant_from) else { return Ok(OperatorRevoke::UnknownGrant) };
-                    match grant.state.as_str() {
-                        "active" => {}
-                        "revoked" | "expired" => return Ok(OperatorRevoke::Already(grant)),
-                        _ => return Ok(OperatorRevoke::NotActive(grant)),
-                    }
-                    // A revocation already due, running or done stays as it is; one waiting for the expiry is brought
-                    // forward.
-                    let existing: Option<(String, i64)> = sqlx::query_as(
-                        "SELECT state, next_attempt_at_ms FROM jobs WHERE grant_id = $1 AND kind = 'revoke'",
-                    )
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some((state, at)) = &existing
-                        && (state != "queued" || *at <= now_ms)
-                    {
-                        return Ok(OperatorRevoke::Already(grant));
-                    }
-                    sqlx::query(
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let row: Option<GrantRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(id).fetch_optional(&mut *tx).await?;
+                let Some(grant) = row.map(grant_from) else { return Ok(OperatorRevoke::UnknownGrant) };
+                match grant.state.as_str() {
+                    "active" => {}
+                    "revoked" | "expired" => return Ok(OperatorRevoke::Already(grant)),
+                    _ => return Ok(OperatorRevoke::NotActive(grant)),
+                }
+                // A revocation already due, running or done stays as it is; one waiting for the expiry is brought
+                // forward.
+                let existing: Option<(String, i64)> = sqlx::query_as(
+                    "SELECT state, next_attempt_at_ms FROM jobs WHERE grant_id = $1 AND kind = 'revoke'",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                // A revocation that gave up (dead) may be asked for again.
+                if let Some((state, at)) = &existing
+                    && (matches!(state.as_str(), "running" | "done") || (state == "queued" && *at <= now_ms))
+                {
+                    return Ok(OperatorRevoke::Already(grant));
+                }
+                sqlx::query(
                     "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms,
                      reason, requested_by)
                      VALUES ($1, $2, 'revoke', 'queued', $3, $3, $3, $4, $5)
-                     ON CONFLICT (grant_id, kind) DO UPDATE SET next_attempt_at_ms = excluded.next_attempt_at_ms,
-                     reason = excluded.reason, requested_by = excluded.requested_by, updated_at_ms = excluded.updated_at_ms
-                     WHERE jobs.state = 'queued'",
+                     ON CONFLICT (grant_id, kind) DO UPDATE SET state = 'queued', attempts = 0,
+                     next_attempt_at_ms = excluded.next_attempt_at_ms, reason = excluded.reason,
+                     requested_by = excluded.requested_by, updated_at_ms = excluded.updated_at_ms
+                     WHERE jobs.state IN ('queued', 'dead', 'cancelled')",
                 )
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(id)
@@ -171,16 +172,16 @@ impl Store {
                 .bind(actor)
                 .execute(&mut *tx)
                 .await?;
-                    let entry = AuditEntry::operator(AuditKind::OperatorAction, actor)
-                        .source(grant.source.clone())
-                        .ticket(grant.ticket_key.clone())
-                        .event(grant.event_id.clone())
-                        .grant(grant.id.clone())
-                        .detail(serde_json::json!({ "action": "revoke", "reason": reason }));
-                    tx.append_audit(now_ms, std::slice::from_ref(&entry)).await?;
-                    tx.commit().await?;
-                    Ok(OperatorRevoke::Queued(grant))
-                }
+                let entry = AuditEntry::operator(AuditKind::OperatorAction, actor)
+                    .source(grant.source.clone())
+                    .ticket(grant.ticket_key.clone())
+                    .event(grant.event_id.clone())
+                    .grant(grant.id.clone())
+                    .detail(serde_json::json!({ "action": "revoke", "reason": reason }));
+                tx.append_audit(now_ms, std::slice::from_ref(&entry)).await?;
+                tx.commit().await?;
+                Ok(OperatorRevoke::Queued(grant))
+            }
         )
     }
 

@@ -88,5 +88,15 @@ both_backends! {
         let operator: Vec<_> = audit.iter().filter(|e| e.kind == "operator_action").collect();
         assert_eq!(operator.len(), 1, "the repeated call changed nothing");
         assert_eq!((operator[0].actor.as_str(), operator[0].grant_id.as_deref()), ("on-call", Some("g-1")));
+
+        // The removal gives up: the access is still there, so the grant stays active and can be revoked again.
+        let refused = JobResult::Dead { error: "Authorization_RequestDenied: insufficient privileges".into() };
+        assert!(store.finish_job(&revoke, "x", &refused, 5_000).await.unwrap());
+        let grant = store.grant("g-1").await.unwrap().unwrap();
+        assert_eq!((grant.state.as_str(), grant.ended_at_ms), ("active", None), "{grant:?}");
+        let retried = store.revoke_by_operator("g-1", "on-call", "second try", 6_000).await.unwrap();
+        assert!(matches!(retried, OperatorRevoke::Queued(_)), "{retried:?}");
+        let revoke = store.claim_job("x", 6_000, LEASE).await.unwrap().expect("queued again");
+        assert_eq!((revoke.attempts, revoke.reason.as_deref()), (1, Some("operator: second try")));
     }
 }
