@@ -44,6 +44,8 @@ pub enum ApiError {
     InvalidCursor,
     #[error("no event has this id")]
     UnknownEvent,
+    #[error("a worker is deciding this event right now; try again in a moment")]
+    EventBeingDecided,
     #[error("the store could not be read; retry later")]
     StoreUnreadable,
     #[error("an upstream service did not answer; retry later")]
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::InvalidParameter(_) => "invalid_parameter",
             ApiError::InvalidCursor => "invalid_cursor",
             ApiError::UnknownEvent => "unknown_event",
+            ApiError::EventBeingDecided => "event_being_decided",
             ApiError::StoreUnreadable => "store_unavailable",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -126,6 +129,7 @@ impl ResponseError for ApiError {
             ApiError::AdminUnauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ApiError::InsufficientRole { .. } => StatusCode::FORBIDDEN,
             ApiError::UnknownEvent => StatusCode::NOT_FOUND,
+            ApiError::EventBeingDecided => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownGrant => StatusCode::NOT_FOUND,

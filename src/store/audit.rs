@@ -25,14 +25,15 @@ const SQLITE_CHUNK: usize = 500;
 /// Entries read per query when verifying or exporting.
 pub const PAGE: i64 = 1000;
 
-const COLUMNS: &str = "seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash";
+pub(super) const COLUMNS: &str =
+    "seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash";
 
 const HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
-type Row =
+pub(super) type Row =
     (i64, i64, String, String, Option<String>, Option<String>, Option<String>, Option<String>, String, String, String);
 
-fn record(
+pub(super) fn record(
     (seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash): Row,
 ) -> AuditRecord {
     AuditRecord { seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash }
@@ -101,8 +102,10 @@ pub(crate) async fn append_sqlite(
     Ok(records.last().map(AuditRecord::head))
 }
 
-/// Must run inside a transaction: the advisory lock is released when it ends. One statement for any number
-/// of entries (arrays unnested), so PostgreSQL plans it once.
+/// Must run inside a transaction: the advisory lock is released when it ends. Entries go in statements of about
+/// [`PG_CHUNK_BYTES`] of parameters each (arrays unnested, so every statement has the same text and PostgreSQL
+/// plans it once): a single large statement spans several TCP packets, and without TCP_NODELAY (which sqlx does
+/// not set) the last one waits for the delayed ACK of the ones before, about 40 ms per append.
 pub(crate) async fn append_postgres(
     conn: &mut PgConnection,
     now_ms: i64,
@@ -114,26 +117,71 @@ pub(crate) async fn append_postgres(
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *conn).await?;
     let head: Option<(i64, String)> = sqlx::query_as(HEAD).fetch_optional(&mut *conn).await?;
     let records = link(head.map(|(seq, hash)| Head { seq, hash }).as_ref(), now_ms, entries);
-    let column = |f: fn(&AuditRecord) -> Option<String>| records.iter().map(f).collect::<Vec<Option<String>>>();
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash)
-         SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
-                              $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[])",
-    )
-    .bind(records.iter().map(|r| r.seq).collect::<Vec<i64>>())
-    .bind(records.iter().map(|r| r.at_ms).collect::<Vec<i64>>())
-    .bind(records.iter().map(|r| r.kind.clone()).collect::<Vec<String>>())
-    .bind(records.iter().map(|r| r.actor.clone()).collect::<Vec<String>>())
-    .bind(column(|r| r.source.clone()))
-    .bind(column(|r| r.ticket_key.clone()))
-    .bind(column(|r| r.event_id.clone()))
-    .bind(column(|r| r.grant_id.clone()))
-    .bind(records.iter().map(|r| r.detail.clone()).collect::<Vec<String>>())
-    .bind(records.iter().map(|r| r.prev_hash.clone()).collect::<Vec<String>>())
-    .bind(records.iter().map(|r| r.hash.clone()).collect::<Vec<String>>())
-    .execute(&mut *conn)
-    .await?;
+    for chunk in pg_chunks(&records) {
+        let column =
+            |f: fn(&AuditRecord) -> Option<String>| chunk.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
+        let text = |f: fn(&AuditRecord) -> String| chunk.iter().map(|r| f(r)).collect::<Vec<String>>();
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at_ms, kind, actor, source, ticket_key, event_id, grant_id, detail, prev_hash, hash)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
+                                  $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[])",
+        )
+        .bind(chunk.iter().map(|r| r.seq).collect::<Vec<i64>>())
+        .bind(chunk.iter().map(|r| r.at_ms).collect::<Vec<i64>>())
+        .bind(text(|r| r.kind.clone()))
+        .bind(text(|r| r.actor.clone()))
+        .bind(column(|r| r.source.clone()))
+        .bind(column(|r| r.ticket_key.clone()))
+        .bind(column(|r| r.event_id.clone()))
+        .bind(column(|r| r.grant_id.clone()))
+        .bind(text(|r| r.detail.clone()))
+        .bind(text(|r| r.prev_hash.clone()))
+        .bind(text(|r| r.hash.clone()))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(records.last().map(AuditRecord::head))
+}
+
+/// Parameter bytes per PostgreSQL audit INSERT: a few TCP segments at most.
+pub const PG_CHUNK_BYTES: usize = 8 * 1024;
+
+/// What an entry adds to a statement's parameters in PostgreSQL's binary format: each array element is a 4-byte
+/// length and its bytes.
+fn param_bytes(r: &AuditRecord) -> usize {
+    let text = |s: &str| 4 + s.len();
+    let optional = |s: &Option<String>| 4 + s.as_deref().map_or(0, str::len);
+    2 * (4 + 8)
+        + text(&r.kind)
+        + text(&r.actor)
+        + optional(&r.source)
+        + optional(&r.ticket_key)
+        + optional(&r.event_id)
+        + optional(&r.grant_id)
+        + text(&r.detail)
+        + text(&r.prev_hash)
+        + text(&r.hash)
+}
+
+/// Consecutive runs of `records` of at most [`PG_CHUNK_BYTES`] of parameters each (at least one entry each),
+/// in order.
+pub(crate) fn pg_chunks(records: &[AuditRecord]) -> Vec<Vec<&AuditRecord>> {
+    let mut chunks: Vec<Vec<&AuditRecord>> = Vec::new();
+    let mut current: Vec<&AuditRecord> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = param_bytes(record);
+        if !current.is_empty() && bytes + size > PG_CHUNK_BYTES {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
 }
 
 /// SQLite only, with anonymous `?` parameters: SQLite looks a numbered parameter's name up in a list, so
@@ -219,5 +267,44 @@ impl Store {
             }
         }
         Ok(verifier.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_chunks_hold_about_8_kib_of_parameters_each_in_order() {
+        let entries: Vec<AuditEntry> = (0..500)
+            .map(|n| {
+                AuditEntry::service(AuditKind::Decided)
+                    .source("jira")
+                    .ticket(format!("ACC-{n}"))
+                    .detail(serde_json::json!({ "n": n, "note": "x".repeat(n % 400) }))
+            })
+            .collect();
+        let records = link(None, 1, &entries);
+        let chunks = pg_chunks(&records);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        let size = |chunk: &[&AuditRecord]| chunk.iter().map(|r| param_bytes(r)).sum::<usize>();
+        for chunk in &chunks {
+            assert!(size(chunk) <= PG_CHUNK_BYTES, "{} bytes", size(chunk));
+        }
+        for pair in chunks.windows(2) {
+            // Full: the next entry would not have fitted.
+            assert!(size(&pair[0]) + param_bytes(pair[1][0]) > PG_CHUNK_BYTES);
+        }
+        let seqs: Vec<i64> = chunks.iter().flatten().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=500).collect::<Vec<i64>>(), "every entry once, in order");
+
+        // An entry larger than a chunk goes alone, not nowhere.
+        let big = link(
+            None,
+            1,
+            &[AuditEntry::service(AuditKind::Failed).detail(serde_json::json!({"x": "y".repeat(20_000)}))],
+        );
+        assert_eq!(pg_chunks(&big).len(), 1);
+        assert!(pg_chunks(&[]).is_empty());
     }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{Store, StoreError, WORK_CALLBACKS, notify_replicas, on_pool};
+use serde_json::json;
+
+use super::{AppendAudit, Store, StoreError, WORK_CALLBACKS, notify_replicas, on_pool};
+use crate::audit::{AuditEntry, AuditKind};
 
 /// A callback to enqueue. Build it with `crate::callbacks` (which renders the message from the templates and
 /// derives the id), not by hand.
@@ -162,6 +165,42 @@ where
     Ok(added)
 }
 
+/// The audit entry of a delivery attempt that ended: `callback_delivered`, or `callback_failed` when it gave up
+/// (with the stable code its error starts with). None for a retry. The message posted is not recorded.
+fn callback_entry(claimed: &ClaimedCallback, result: &CallbackResult, now_ms: i64) -> Option<AuditEntry> {
+    let c = &claimed.callback;
+    let mut detail = json!({
+        "callback_id": c.id,
+        "callback_kind": c.kind,
+        "system": c.system,
+        "visibility": c.visibility,
+        "attempts": c.attempts,
+    });
+    let kind = match result {
+        CallbackResult::Retry { .. } => return None,
+        CallbackResult::Delivered { remote_id } => {
+            if let Some(remote) = remote_id {
+                detail["remote_id"] = json!(remote);
+            }
+            AuditKind::CallbackDelivered
+        }
+        CallbackResult::Dead { error } => {
+            detail["code"] = json!(super::grants::error_code(error));
+            AuditKind::CallbackFailed
+        }
+    };
+    let entry = AuditEntry::service(kind)
+        .at(now_ms)
+        .source(c.source.as_str())
+        .ticket(c.ticket_key.as_str())
+        .event(&c.event_id)
+        .detail(detail);
+    Some(match &c.grant_id {
+        Some(grant) => entry.grant(grant.as_str()),
+        None => entry,
+    })
+}
+
 /// What both backends' query results say, for code generic over the backend.
 pub(crate) trait RowsAffected {
     fn rows(&self) -> u64;
@@ -271,10 +310,12 @@ impl Store {
             CallbackResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str()), None, None),
             CallbackResult::Dead { error } => ("dead", now_ms, Some(error.as_str()), None, None),
         };
+        let entry = callback_entry(claimed, result, now_ms);
         on_pool!(
             self,
             background | pool,
-            _begin | {
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
                 let done = sqlx::query(
                     "UPDATE callbacks SET state = $1, next_attempt_at_ms = $2, last_error = $3,
                      delivered_at_ms = COALESCE($4, delivered_at_ms), remote_id = COALESCE($5, remote_id),
@@ -289,9 +330,14 @@ impl Store {
                 .bind(now_ms)
                 .bind(claimed.id())
                 .bind(owner)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                let kept = done.rows_affected() == 1;
+                if kept && let Some(entry) = &entry {
+                    tx.append_audit(now_ms, std::slice::from_ref(entry)).await?;
+                }
+                tx.commit().await?;
+                Ok(kept)
             }
         )
     }

@@ -1,15 +1,19 @@
 //! Events waiting for a decision: leased to one worker at a time, decided outside any transaction, and
 //! recorded together with the event's new state.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
 
 use super::callbacks::enqueue_callbacks;
 use super::grants::{GRANT_COLUMNS, GrantRow, grant_from};
 use super::{
-    AppendAudit, NewCallback, NewGrant, Store, StoreError, WORK_JOBS, notify_replicas, on_pool, parse_event_id,
+    AppendAudit, NewCallback, NewGrant, Store, StoreError, WORK_EVENTS, WORK_JOBS, notify_replicas, on_pool,
+    parse_event_id,
 };
 use crate::audit::{AuditEntry, AuditKind, SERVICE_ACTOR};
 use crate::domain::EventId;
+use crate::inbound::unix_millis;
 
 /// An event leased to a worker for deciding.
 #[derive(Debug, Clone)]
@@ -156,24 +160,23 @@ impl Store {
                     let mut tx = pool.begin_with(begin).await?;
                     let mut kept = Vec::with_capacity(records.len());
                     let mut queued_jobs = false;
-                    let mut audit: Vec<AuditEntry> = Vec::new();
+                    let mut audit = Vec::with_capacity(records.len());
                     for record in records {
                         let event_id = record.event.to_string();
                         let decision = &record.decision;
-                        let updated = sqlx::query(
+                        let source: Option<String> = sqlx::query_scalar(
                             "UPDATE events SET state = $1, lease_owner = NULL, lease_until_ms = NULL
-                         WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'",
+                         WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'
+                         RETURNING source",
                         )
                         .bind(record.state)
                         .bind(&event_id)
                         .bind(owner)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        kept.push(updated == 1);
-                        if updated != 1 {
-                            continue;
-                        }
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        kept.push(source.is_some());
+                        let Some(source) = source else { continue };
+                        audit.push(decision_entry(record, &source));
                         let now = decision.decided_at_ms;
                         // --- lifecycle: withdrawal ends the ticket's grants, shown on the decision ---
                         let mut detail = decision.detail.clone();
@@ -189,7 +192,7 @@ impl Store {
                                 // Not executed yet: the grant job is cancelled and nothing is asked of Entra.
                                 let cancelled = sqlx::query(
                                     "UPDATE jobs SET state = 'cancelled', last_error = $1, updated_at_ms = $2
-                                 WHERE grant_id = $3 AND kind = 'grant' AND state = 'queued'",
+                             WHERE grant_id = $3 AND kind = 'grant' AND state = 'queued'",
                                 )
                                 .bind(&reason)
                                 .bind(now)
@@ -200,7 +203,7 @@ impl Store {
                                 let how = if cancelled == 1 && g.state == "pending" {
                                     sqlx::query(
                                         "UPDATE grants SET state = 'revoked', ended_reason = $1, ended_by = $2,
-                                     ended_at_ms = $3, updated_at_ms = $3 WHERE id = $4",
+                                 ended_at_ms = $3, updated_at_ms = $3 WHERE id = $4",
                                     )
                                     .bind(&reason)
                                     .bind(SERVICE_ACTOR)
@@ -224,21 +227,21 @@ impl Store {
                                     // Executed or executing: a revocation due now (one waiting for the expiry is
                                     // brought forward; one already due keeps its reason).
                                     sqlx::query(
-                                    "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
-                                     updated_at_ms, reason, requested_by)
-                                     VALUES ($1, $2, 'revoke', 'queued', $3, $3, $3, $4, $5)
-                                     ON CONFLICT (grant_id, kind) DO UPDATE SET
-                                     next_attempt_at_ms = excluded.next_attempt_at_ms, reason = excluded.reason,
-                                     requested_by = excluded.requested_by, updated_at_ms = excluded.updated_at_ms
-                                     WHERE jobs.state = 'queued' AND jobs.next_attempt_at_ms > excluded.next_attempt_at_ms",
-                                )
-                                .bind(uuid::Uuid::now_v7().to_string())
-                                .bind(&g.id)
-                                .bind(now)
-                                .bind(&reason)
-                                .bind(SERVICE_ACTOR)
-                                .execute(&mut *tx)
-                                .await?;
+                                "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
+                                 updated_at_ms, reason, requested_by)
+                                 VALUES ($1, $2, 'revoke', 'queued', $3, $3, $3, $4, $5)
+                                 ON CONFLICT (grant_id, kind) DO UPDATE SET
+                                 next_attempt_at_ms = excluded.next_attempt_at_ms, reason = excluded.reason,
+                                 requested_by = excluded.requested_by, updated_at_ms = excluded.updated_at_ms
+                                 WHERE jobs.state = 'queued' AND jobs.next_attempt_at_ms > excluded.next_attempt_at_ms",
+                            )
+                            .bind(uuid::Uuid::now_v7().to_string())
+                            .bind(&g.id)
+                            .bind(now)
+                            .bind(&reason)
+                            .bind(SERVICE_ACTOR)
+                            .execute(&mut *tx)
+                            .await?;
                                     queued_jobs = true;
                                     "revocation queued"
                                 };
@@ -255,9 +258,13 @@ impl Store {
                             }
                         }
                         // --- end lifecycle ---
+                        // An event decided again (replayed by an operator) replaces its decision.
                         sqlx::query(
                             "INSERT INTO decisions (event_id, outcome, code, ticket_key, detail, decided_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (event_id) DO UPDATE SET outcome = excluded.outcome, code = excluded.code,
+                             ticket_key = excluded.ticket_key, detail = excluded.detail,
+                             decided_at_ms = excluded.decided_at_ms",
                         )
                         .bind(&event_id)
                         .bind(&decision.outcome)
@@ -311,10 +318,7 @@ impl Store {
                     if queued_jobs {
                         notify_replicas(self, &mut tx, WORK_JOBS).await?;
                     }
-                    if !audit.is_empty() {
-                        let now = records.iter().map(|r| r.decision.decided_at_ms).max().unwrap_or(0);
-                        tx.append_audit(now, &audit).await?;
-                    }
+                    tx.append_audit(unix_millis(SystemTime::now()), &audit).await?;
                     tx.commit().await?;
                     Ok(kept)
                 }
@@ -356,5 +360,156 @@ impl Store {
             detail,
             decided_at_ms,
         }))
+    }
+}
+
+/// The audit entry of a recorded decision: its outcome and code and, for a plan, the grants it asks for (never
+/// the refusal's sentence or anything else the ticket said).
+fn decision_entry(record: &DecisionRecord, source: &str) -> AuditEntry {
+    let decision = &record.decision;
+    let kind = if decision.outcome == "refused" { AuditKind::Refused } else { AuditKind::Decided };
+    let grants: Vec<Value> = record
+        .grants
+        .iter()
+        .map(|g| {
+            let mut grant = json!({
+                "id": g.id,
+                "kind": g.kind,
+                "rule": g.rule,
+                "target": serde_json::from_str::<Value>(&g.target).unwrap_or_else(|_| Value::String(g.target.clone())),
+                "principal_id": g.principal_id,
+            });
+            if let Some(secs) = g.requested_duration_secs {
+                grant["duration_secs"] = json!(secs);
+            }
+            grant
+        })
+        .collect();
+    let mut detail = json!({ "outcome": decision.outcome, "state": record.state, "grants": grants });
+    if let Some(code) = &decision.code {
+        detail["code"] = json!(code);
+    }
+    let dry_run = serde_json::from_str::<Value>(&decision.detail).ok().and_then(|d| d["decision"]["dry_run"].as_bool());
+    if let Some(dry_run) = dry_run {
+        detail["dry_run"] = json!(dry_run);
+    }
+    let entry = AuditEntry::service(kind).at(decision.decided_at_ms).source(source).event(record.event).detail(detail);
+    match &decision.ticket_key {
+        Some(ticket) => entry.ticket(ticket.as_str()),
+        None => entry,
+    }
+}
+
+/// What an operator's replay of an event came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// Queued to be decided again now. `rearmed`: the event's failed grants whose grant job is queued again.
+    Queued {
+        rearmed: Vec<String>,
+    },
+    UnknownEvent,
+    /// A worker holds the event's lease: it is being decided at this moment.
+    BeingDecided,
+}
+
+/// Who asks for a replay, as the admin API authenticated them.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayBy<'a> {
+    pub actor: &'a str,
+    /// How they authenticated (`entra`, `static_token`).
+    pub via: &'a str,
+}
+
+impl Store {
+    /// Puts an event back to be decided (at once, its attempts counted from zero) and re-arms its failed grants:
+    /// their dead grant job is queued again with its attempts reset, so that a grant that failed on a
+    /// misconfiguration since fixed is tried again. Everything else is left as it is: deciding again replaces
+    /// the decision, but a grant that exists keeps its state and job (an active grant is not written upstream
+    /// again, a revoked or expired one is never granted again), and a callback already enqueued is not enqueued
+    /// again (its id is derived from the outcome). Recorded in the audit trail with who asked, in the same
+    /// transaction.
+    pub async fn replay_event(&self, event: EventId, by: ReplayBy<'_>, now_ms: i64) -> Result<Replayed, StoreError> {
+        let lock = match self {
+            Store::Postgres(_) => " FOR UPDATE",
+            Store::Sqlite(_) => "",
+        };
+        let select =
+            sqlx::AssertSqlSafe(format!("SELECT state, lease_until_ms, source FROM events WHERE id = $1{lock}"));
+        let event_id = event.to_string();
+        on_pool!(
+            self,
+            write | pool,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let row: Option<(String, Option<i64>, String)> =
+                    sqlx::query_as(select).bind(&event_id).fetch_optional(&mut *tx).await?;
+                let Some((previous, lease_until, source)) = row else {
+                    return Ok(Replayed::UnknownEvent);
+                };
+                if previous == "deciding" && lease_until.is_some_and(|until| until >= now_ms) {
+                    return Ok(Replayed::BeingDecided);
+                }
+                sqlx::query(
+                    "UPDATE events SET state = 'received', lease_owner = NULL, lease_until_ms = NULL,
+                     next_attempt_at_ms = $1, attempts = 0
+                     WHERE id = $2",
+                )
+                .bind(now_ms)
+                .bind(&event_id)
+                .execute(&mut *tx)
+                .await?;
+                let failed: Vec<String> = sqlx::query_scalar(
+                    "SELECT g.id FROM grants g JOIN jobs j ON j.grant_id = g.id
+                     WHERE g.event_id = $1 AND g.state = 'failed' AND j.kind = 'grant' AND j.state = 'dead'
+                     ORDER BY g.id",
+                )
+                .bind(&event_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                for grant in &failed {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'queued', attempts = 0, next_attempt_at_ms = $1, lease_owner = NULL,
+                         lease_until_ms = NULL, updated_at_ms = $1
+                         WHERE grant_id = $2 AND kind = 'grant' AND state = 'dead'",
+                    )
+                    .bind(now_ms)
+                    .bind(grant)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE grants SET state = 'pending', updated_at_ms = $1 WHERE id = $2 AND state = 'failed'",
+                    )
+                    .bind(now_ms)
+                    .bind(grant)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let ticket: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT ticket_key FROM decisions WHERE event_id = $1")
+                        .bind(&event_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                notify_replicas(self, &mut tx, WORK_EVENTS).await?;
+                if !failed.is_empty() {
+                    notify_replicas(self, &mut tx, WORK_JOBS).await?;
+                }
+                let mut entry = AuditEntry::operator(AuditKind::OperatorAction, by.actor)
+                    .at(now_ms)
+                    .source(source)
+                    .event(event)
+                    .detail(json!({
+                        "action": "replay",
+                        "via": by.via,
+                        "previous_state": previous,
+                        "rearmed_grants": failed,
+                    }));
+                if let Some(ticket) = ticket.flatten() {
+                    entry = entry.ticket(ticket);
+                }
+                tx.append_audit(now_ms, &[entry]).await?;
+                tx.commit().await?;
+                Ok(Replayed::Queued { rearmed: failed })
+            }
+        )
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use super::callbacks::enqueue_callbacks;
 use super::lifecycle::REASON_EXPIRED;
 use super::{AppendAudit, NewCallback, Store, StoreError, on_pool};
@@ -479,8 +481,17 @@ impl Store {
                             callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
                         }
                     }
+                    let mut audit: Vec<AuditEntry> = Vec::new();
+                    // --- Audit of `grant` jobs: `granted` or `failed` once a job is done or dead (not per retry).
+                    audit.extend(
+                        outcomes
+                            .iter()
+                            .zip(&kept)
+                            .filter(|(_, kept)| **kept)
+                            .filter_map(|((job, result), _)| grant_job_entry(job, result, now_ms)),
+                    );
+                    // --- End of the audit of `grant` jobs.
                     // --- lifecycle: ended grants (revoke / expire jobs) told to the ticket and audited ---
-                    let mut audit = Vec::new();
                     let mut notice_times = Vec::new();
                     for job in &ended {
                         let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
@@ -599,6 +610,59 @@ impl Store {
             .await?)
         })
     }
+}
+
+/// The audit entry of a `grant` job that ended: `granted` (the grant holds upstream) or `failed` (given up, with
+/// the stable code its error starts with, never the upstream's text). None for other jobs and for retries.
+fn grant_job_entry(job: &ClaimedJob, result: &JobResult, now_ms: i64) -> Option<AuditEntry> {
+    if job.kind != "grant" {
+        return None;
+    }
+    let grant = &job.grant;
+    let mut detail = json!({
+        "job_id": job.id,
+        "attempts": job.attempts,
+        "kind": grant.kind,
+        "rule": grant.rule,
+        "target": serde_json::from_str::<Value>(&grant.target).unwrap_or_else(|_| Value::String(grant.target.clone())),
+        "principal_id": grant.principal_id,
+    });
+    let kind = match result {
+        JobResult::Retry { .. } => return None,
+        JobResult::Done { grant_state, upstream_id, expires_at_ms } => {
+            detail["state"] = json!(grant_state);
+            if let Some(upstream) = upstream_id.as_ref().or(grant.upstream_id.as_ref()) {
+                detail["upstream_id"] = json!(upstream);
+            }
+            if let Some(at) = expires_at_ms {
+                detail["expires_at_ms"] = json!(at);
+            }
+            AuditKind::Granted
+        }
+        JobResult::Dead { error } => {
+            detail["code"] = json!(error_code(error));
+            AuditKind::Failed
+        }
+    };
+    Some(
+        AuditEntry::service(kind)
+            .at(now_ms)
+            .source(grant.source.as_str())
+            .ticket(grant.ticket_key.as_str())
+            .event(&grant.event_id)
+            .grant(grant.id.as_str())
+            .detail(detail),
+    )
+}
+
+/// The stable code a job's error starts with (`Authorization_RequestDenied: ...`); `unknown` when it does not
+/// start with an identifier.
+pub(super) fn error_code(error: &str) -> &str {
+    let code = error.split_once(": ").map_or(error, |(code, _)| code).trim();
+    let identifier = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if identifier { code } else { "unknown" }
 }
 
 /// What a heartbeat extends.

@@ -15,6 +15,11 @@ pub(super) const SQLITE: &[Migration] = &[
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/sqlite/0006_job_batches.sql") },
     Migration { version: 8, name: "reconcile", sql: include_str!("../../migrations/sqlite/0008_reconcile.sql") },
     Migration { version: 9, name: "lifecycle", sql: include_str!("../../migrations/sqlite/0009_lifecycle.sql") },
+    Migration {
+        version: 10,
+        name: "admin_indexes",
+        sql: include_str!("../../migrations/sqlite/0010_admin_indexes.sql"),
+    },
 ];
 
 pub(super) const POSTGRES: &[Migration] = &[
@@ -26,6 +31,11 @@ pub(super) const POSTGRES: &[Migration] = &[
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/postgres/0006_job_batches.sql") },
     Migration { version: 8, name: "reconcile", sql: include_str!("../../migrations/postgres/0008_reconcile.sql") },
     Migration { version: 9, name: "lifecycle", sql: include_str!("../../migrations/postgres/0009_lifecycle.sql") },
+    Migration {
+        version: 10,
+        name: "admin_indexes",
+        sql: include_str!("../../migrations/postgres/0010_admin_indexes.sql"),
+    },
 ];
 
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

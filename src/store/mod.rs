@@ -28,9 +28,10 @@ use crate::inbound::unix_millis;
 pub(crate) use audit::AppendAudit;
 pub use audit::PAGE as AUDIT_PAGE;
 pub use callbacks::{CallbackRecord, CallbackResult, ClaimedCallback, NewCallback};
-pub use decisions::{ClaimedEvent, DecisionRecord, StoredDecision, Withdrawal};
+pub use decisions::{ClaimedEvent, DecisionRecord, ReplayBy, Replayed, StoredDecision, Withdrawal};
 pub use grants::{ClaimedJob, GrantRecord, JobResult, Leased, NewGrant, Settled, batch_key};
 pub use lifecycle::{OperatorRevoke, REASON_EXPIRED, SharedAccess, ended_state};
+pub use queries::{AuditFilter, AuditPage};
 pub use queries::{DeadLetter, EventFilter, EventRecord, EventSummary, GrantFilter, JobRecord, Page, PageKey};
 pub use reconcile::{LedgerGrant, RECONCILE_RUNS_KEPT, ReconcileLock, ReconcileRun};
 
@@ -201,8 +202,12 @@ impl Store {
                 if current > known {
                     return Err(StoreError::SchemaTooNew { found: current, known });
                 }
+                // Every migration not recorded, in order: one numbered below the newest applied (merged later)
+                // is applied too, not skipped.
+                let recorded: Vec<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
                 let mut applied = Vec::new();
-                for m in list.iter().filter(|m| m.version > current) {
+                for m in list.iter().filter(|m| !recorded.contains(&m.version)) {
                     sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
                     sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
                         .bind(m.version)

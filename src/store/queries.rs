@@ -4,8 +4,10 @@
 //! Pages use keyset pagination on (time, id): a page starts strictly after the last row of the one before, so
 //! rows that arrive meanwhile never shift a page, and no row is returned twice.
 
+use super::audit::{COLUMNS as AUDIT_COLUMNS, Row as AuditRow, record as audit_record};
 use super::grants::{GRANT_COLUMNS, GrantRow, grant_from};
 use super::{GrantRecord, Store, StoreError, on_pool};
+use crate::audit::AuditRecord;
 use crate::domain::EventId;
 
 /// Where a page ends: the sort time and the id of its last row. The next page starts strictly after it.
@@ -358,6 +360,57 @@ impl Store {
             items.push(DeadLetter { job, grant });
         }
         Ok(Page { items, next: page.next })
+    }
+}
+
+/// Which audit entries `GET /v1/audit` lists; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub source: Option<String>,
+    pub ticket: Option<String>,
+    pub event_id: Option<String>,
+    pub grant_id: Option<String>,
+    /// At or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Strictly before (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// A page of audit entries, in sequence order.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub entries: Vec<AuditRecord>,
+    /// The seq of the last entry, when more follow: the next page starts after it.
+    pub next_after_seq: Option<i64>,
+}
+
+impl Store {
+    /// Audit entries matching `filter` in ascending seq, strictly after `after_seq`.
+    pub async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let mut c = Conditions::default();
+        c.text("kind = {}", &filter.kind);
+        c.text("actor = {}", &filter.actor);
+        c.text("source = {}", &filter.source);
+        c.text("ticket_key = {}", &filter.ticket);
+        c.text("event_id = {}", &filter.event_id);
+        c.text("grant_id = {}", &filter.grant_id);
+        c.int("at_ms >= {}", filter.since_ms);
+        c.int("at_ms < {}", filter.until_ms);
+        c.int("seq > {}", after_seq);
+        let (sql, args) = c.finish(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log"), "seq", limit);
+        let mut rows: Vec<AuditRow> = fetch_all!(self, AuditRow, sql, &args);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let entries: Vec<AuditRecord> = rows.into_iter().map(audit_record).collect();
+        let next_after_seq = if more { entries.last().map(|e| e.seq) } else { None };
+        Ok(AuditPage { entries, next_after_seq })
     }
 }
 

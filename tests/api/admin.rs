@@ -160,7 +160,7 @@ async fn spawn_admin(backend: Backend, jwks: &FakeJwks, min_refresh_secs: u64) -
 }
 
 /// Stores a webhook through the `automation` source (a static header secret) and returns its event id.
-async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
+pub(crate) async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
     let headers =
         [("Content-Type", "application/json"), ("X-Automation-Token", AUTOMATION_TOKEN), ("X-Delivery", delivery)];
     let response = app.post("automation", &headers, body.to_string()).await;
@@ -168,7 +168,13 @@ async fn deliver(app: &TestApp, delivery: &str, body: &Value) -> String {
     response.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_string()
 }
 
-async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Answer {
+pub(crate) async fn send(
+    app: &TestApp,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Answer {
     let mut request = app.client.request(method.clone(), app.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -179,7 +185,7 @@ async fn send(app: &TestApp, method: &Method, path: &str, token: Option<&str>, b
     Answer::from(request.send().await.unwrap()).await
 }
 
-async fn get(app: &TestApp, path: &str, token: &str) -> Answer {
+pub(crate) async fn get(app: &TestApp, path: &str, token: &str) -> Answer {
     send(app, &Method::GET, path, Some(token), None).await
 }
 
@@ -188,8 +194,9 @@ struct Route {
     template: &'static str,
     path: String,
     body: Option<Vec<u8>>,
-    /// Needs the `operate` role: read tokens get 403, operate tokens this status.
-    operate: Option<StatusCode>,
+    /// Needs the `operate` role.
+    operate: bool,
+    success: StatusCode,
 }
 
 /// Every admin route, with a request that succeeds given the right role. The spec may list no other.
@@ -200,23 +207,29 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         template,
         path,
         body,
-        operate: None,
+        operate: false,
+        success: StatusCode::OK,
     };
-    let revoke = Route {
-        method: Method::POST,
-        template: "/v1/grants/{id}/revoke",
-        path: "/v1/grants/no-such-grant/revoke".into(),
-        body: Some(serde_json::to_vec(&json!({"reason": "left the team"})).unwrap()),
-        operate: Some(StatusCode::NOT_FOUND),
-    };
-    let routes = vec![
+    let mut routes = vec![
         route(Method::GET, "/v1/events", "/v1/events?limit=5".into(), None),
         route(Method::GET, "/v1/events/{id}", format!("/v1/events/{event_id}"), None),
         route(Method::GET, "/v1/grants", "/v1/grants?state=pending".into(), None),
         route(Method::GET, "/v1/dead-letters", "/v1/dead-letters".into(), None),
         route(Method::POST, "/v1/plan", "/v1/plan".into(), Some(serde_json::to_vec(&plan).unwrap())),
-        revoke,
+        route(Method::GET, "/v1/audit", "/v1/audit?limit=5&kind=received".into(), None),
+        route(Method::GET, "/v1/audit/head", "/v1/audit/head".into(), None),
     ];
+    routes.push(Route {
+        operate: true,
+        success: StatusCode::ACCEPTED,
+        ..route(Method::POST, "/v1/events/{id}/replay", format!("/v1/events/{event_id}/replay"), None)
+    });
+    let reason = serde_json::to_vec(&json!({"reason": "left the team"})).unwrap();
+    routes.push(Route {
+        operate: true,
+        success: StatusCode::NOT_FOUND,
+        ..route(Method::POST, "/v1/grants/{id}/revoke", "/v1/grants/no-such-grant/revoke".into(), Some(reason))
+    });
     let documented: BTreeSet<String> =
         spec()["paths"].as_object().unwrap().keys().filter(|p| p.starts_with("/v1/")).cloned().collect();
     let tested: BTreeSet<String> = routes.iter().map(|r| r.template.to_string()).collect();
@@ -260,14 +273,16 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
         }),
     ];
     let no_role = [("no roles", entra_token(&[])), ("another app's role", entra_token(&["Reports.Read"]))];
+    // Each with whether it carries the `operate` role.
     let allowed = [
-        ("static read token", READ_TOKEN.to_string()),
-        ("static operate token", OPERATE_TOKEN.to_string()),
-        ("Entra read role", entra_token(&[READ_ROLE])),
-        ("Entra operate role", entra_token(&[OPERATE_ROLE])),
+        ("static read token", READ_TOKEN.to_string(), false),
+        ("static operate token", OPERATE_TOKEN.to_string(), true),
+        ("Entra read role", entra_token(&[READ_ROLE]), false),
+        ("Entra operate role", entra_token(&[OPERATE_ROLE]), true),
         (
-            "Entra v1.0 token for the client id (read role)",
+            "Entra v1.0 token for the client id",
             sign(KEY_A, "key-a", &with(with(base(), "iss", json!(v1_issuer)), "aud", json!(CLIENT_ID))),
+            false,
         ),
     ];
 
@@ -312,14 +327,14 @@ async fn every_admin_route_needs_a_valid_token_and_the_role() {
             assert_eq!(challenge(&answer), r#"Bearer realm="grantbridge", error="insufficient_scope""#);
             assert_documented(&spec, &method, route.template, &answer);
         }
-        for (case, token) in &allowed {
+        for (case, token, operates) in &allowed {
             let answer = send(&app, &route.method, &route.path, Some(token), body).await;
-            let expected = match route.operate {
-                None => StatusCode::OK,
-                Some(_) if case.contains("read") => StatusCode::FORBIDDEN,
-                Some(status) => status,
-            };
-            assert_eq!(answer.status, expected, "{}: {}", what(case), answer.body);
+            if route.operate && !operates {
+                let refused = (answer.status, answer.code());
+                assert_eq!(refused, (StatusCode::FORBIDDEN, "insufficient_role".into()), "{}", what(case));
+            } else {
+                assert_eq!(answer.status, route.success, "{}: {}", what(case), answer.body);
+            }
             assert_documented(&spec, &method, route.template, &answer);
         }
     }
@@ -516,7 +531,7 @@ fn grant(id: &str, ticket: &str, principal: &str, target: Value) -> NewGrant {
 }
 
 /// Claims the oldest waiting event and records this decision for it, with these grants and their jobs.
-async fn decide_next(
+pub(crate) async fn decide_next(
     store: &Store,
     state: &'static str,
     outcome: &str,

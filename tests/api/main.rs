@@ -9,5 +9,6 @@ mod audit;
 mod health;
 mod helpers;
 mod openapi;
+mod operate;
 mod store_unavailable;
 mod webhooks;

@@ -15,6 +15,8 @@ use crate::harness::{
     jira_issue, jira_reads, json_fixture, servicenow_reads,
 };
 
+mod replay;
+
 const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
 /// The Jira issue id of ACCESS-42 in the fixtures: callbacks address the issue by id, which survives a move.
 const ISSUE_ID: &str = "10042";
@@ -185,6 +187,15 @@ both_backends! {
         assert_eq!(ledger.len(), 1);
         assert_eq!(ledger[0].state, "active");
         assert_servicenow_closed_complete_once(&fakes, &app.store).await;
+
+        // The audit trail holds every step of the event, in order, in one unbroken chain.
+        let verified = app.store.verify_audit(None).await.unwrap().expect("the chain verifies");
+        let trail = replay::audit_of(&app.store, &id).await;
+        let kinds: Vec<&str> = trail.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "decided", "granted", "callback_delivered"]);
+        assert_eq!(verified.head.map(|h| h.seq), Some(4));
+        assert_eq!(trail[2].grant_id.as_deref(), Some(ledger[0].id.as_str()));
+        assert!(trail.iter().all(|r| r.actor == "grantbridge" && !r.detail.contains("sn-password")));
     }
 }
 

@@ -1,11 +1,18 @@
 //! The audit trail: appended in the transactions of the steps it records, one unbroken chain under concurrent
 //! writers, and every kind of tampering named at the entry where it happened.
 
+use std::time::Duration;
+
 use grantbridge::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, Broken, GENESIS_HASH, Problem};
-use grantbridge::store::Store;
+use grantbridge::domain::EventId;
+use grantbridge::store::{
+    CallbackResult, DecisionRecord, JobResult, NewGrant, ReplayBy, Replayed, Store, StoredDecision,
+};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Maker, count};
+use super::callbacks::new_callback;
+use super::{Maker, count, new_grant};
 use crate::both_backends;
 use crate::common::{Backend, TestDb};
 
@@ -300,5 +307,242 @@ both_backends! {
         assert_eq!(verified.checked as usize, expected);
         assert_eq!(verified.head.map(|h| h.seq), Some(expected as i64));
         assert_eq!(count(&stores[0], "audit_log").await as usize, expected);
+    }
+}
+
+fn stored(outcome: &str, code: Option<&str>, ticket: Option<&str>, detail: &str, at: i64) -> StoredDecision {
+    StoredDecision {
+        outcome: outcome.into(),
+        code: code.map(Into::into),
+        ticket_key: ticket.map(Into::into),
+        detail: detail.into(),
+        decided_at_ms: at,
+    }
+}
+
+fn record(event: EventId, state: &'static str, decision: StoredDecision, grants: Vec<NewGrant>) -> DecisionRecord {
+    DecisionRecord { event, state, decision, grants, callbacks: Vec::new(), withdraw: None }
+}
+
+fn detail(r: &AuditRecord) -> Value {
+    serde_json::from_str(&r.detail).unwrap()
+}
+
+/// The entries after the first `skip`, as (kind, event id, grant id).
+async fn steps(store: &Store, skip: usize) -> Vec<AuditRecord> {
+    store.audit_entries(0, 1_000).await.unwrap().into_iter().skip(skip).collect()
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+both_backends! {
+    async fn decisions_grant_jobs_and_callbacks_are_audited_with_their_outcome(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let plan = maker.event(Some("p-1"), r#"{"n": 1}"#);
+        let refused = maker.event(Some("r-1"), r#"{"n": 2}"#);
+        let ignored = maker.event(Some("i-1"), r#"{"n": 3}"#);
+        store.insert_events(&[&plan, &refused, &ignored]).await.unwrap();
+        assert_eq!(store.claim_events("w", 1_000, LEASE, 10).await.unwrap().len(), 3);
+        let records = [
+            record(plan.id(), "decided", stored("plan", None, Some("ACC-1"), r#"{"decision":{"outcome":"plan","dry_run":false}}"#, 2_000),
+                vec![new_grant("g-1", "ACC-1"), new_grant("g-2", "ACC-1")]),
+            record(refused.id(), "refused",
+                stored("refused", Some("not_approved"), Some("ACC-2"), r#"{"decision":{"message":"Avery declined it"}}"#, 2_000),
+                Vec::new()),
+            record(ignored.id(), "ignored", stored("ignored", None, None, "{}", 2_000), Vec::new()),
+        ];
+        assert_eq!(store.record_decisions(&records, "w").await.unwrap(), [true, true, true]);
+
+        // g-1 is made; g-2 is retried (no entry) and then given up.
+        let jobs = store.claim_jobs("x", 3_000, LEASE, 20).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        let (g1, g2) = if jobs[0].grant.id == "g-1" { (&jobs[0], &jobs[1]) } else { (&jobs[1], &jobs[0]) };
+        let done = JobResult::Done { grant_state: "active", upstream_id: None, expires_at_ms: Some(9_999) };
+        let retry = JobResult::Retry { at_ms: 3_500, error: "retryable: 503".into() };
+        assert_eq!(store.finish_jobs(&[(g1, done), (g2, retry)], "x", 3_100).await.unwrap(), [true, true]);
+        let again = store.claim_job("x", 3_500, LEASE).await.unwrap().unwrap();
+        let dead = JobResult::Dead {
+            error: "Authorization_RequestDenied: Insufficient privileges to complete the operation.".into(),
+        };
+        assert!(store.finish_job(&again, "x", &dead, 3_600).await.unwrap());
+
+        // One callback posted, one retried (no entry) and then given up.
+        store.enqueue_callbacks(&[new_callback("ACC-1", "granted"), new_callback("ACC-1", "failed")], 4_000).await.unwrap();
+        let first = store.claim_callback("c", 4_000, LEASE).await.unwrap().unwrap();
+        let delivered = CallbackResult::Delivered { remote_id: Some("10001".into()) };
+        assert!(store.finish_callback(&first, "c", &delivered, 4_100).await.unwrap());
+        let second = store.claim_callback("c", 4_000, LEASE).await.unwrap().unwrap();
+        let retry = CallbackResult::Retry { at_ms: 4_500, error: "http_503: unavailable".into() };
+        assert!(store.finish_callback(&second, "c", &retry, 4_200).await.unwrap());
+        let second = store.claim_callback("c", 4_500, LEASE).await.unwrap().unwrap();
+        let gave_up = CallbackResult::Dead { error: "http_403: You do not have permission, user token abc".into() };
+        assert!(store.finish_callback(&second, "c", &gave_up, 4_600).await.unwrap());
+
+        let entries = steps(&store, 3).await;
+        let kinds: Vec<&str> = entries.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["decided", "refused", "decided", "granted", "failed", "callback_delivered", "callback_failed"]
+        );
+        assert!(entries.iter().all(|r| r.actor == "grantbridge"));
+
+        let (plan_id, refused_id) = (plan.id().to_string(), refused.id().to_string());
+        let decided = &entries[0];
+        assert_eq!((decided.event_id.as_deref(), decided.ticket_key.as_deref()), (Some(plan_id.as_str()), Some("ACC-1")));
+        assert_eq!((decided.source.as_deref(), decided.at_ms), (Some("src"), 2_000));
+        let d = detail(decided);
+        assert_eq!((d["outcome"].as_str(), d["dry_run"].as_bool()), (Some("plan"), Some(false)));
+        let planned: Vec<&str> = d["grants"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap()).collect();
+        assert_eq!(planned, ["g-1", "g-2"]);
+        assert_eq!(d["grants"][0]["principal_id"], "aaaaaaaa-1111-4111-8111-111111111111");
+        assert_eq!(d["grants"][0]["kind"], "group_member");
+        assert_eq!(d["grants"][0]["target"]["group_id"], "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90");
+
+        let refusal = &entries[1];
+        assert_eq!((refusal.event_id.as_deref(), refusal.ticket_key.as_deref()), (Some(refused_id.as_str()), Some("ACC-2")));
+        assert_eq!(detail(refusal)["code"], "not_approved");
+        assert!(!refusal.detail.contains("Avery declined"), "the refusal's sentence stays in the decision");
+        assert_eq!((detail(&entries[2])["outcome"].as_str(), entries[2].ticket_key.as_deref()), (Some("ignored"), None));
+
+        let granted = &entries[3];
+        assert_eq!((granted.grant_id.as_deref(), granted.event_id.as_deref()), (Some("g-1"), Some(plan_id.as_str())));
+        assert_eq!((granted.ticket_key.as_deref(), granted.at_ms), (Some("ACC-1"), 3_100));
+        assert_eq!(detail(granted)["expires_at_ms"], 9_999);
+        let failed = &entries[4];
+        assert_eq!(failed.grant_id.as_deref(), Some("g-2"));
+        assert_eq!((detail(failed)["code"].as_str(), detail(failed)["attempts"].as_i64()), (Some("Authorization_RequestDenied"), Some(2)));
+        assert!(!failed.detail.contains("Insufficient privileges"), "only the stable code: {}", failed.detail);
+
+        let posted = &entries[5];
+        assert_eq!(detail(posted)["callback_id"], first.id());
+        assert_eq!(detail(posted)["remote_id"], "10001");
+        assert_eq!(posted.ticket_key.as_deref(), Some("ACC-1"));
+        let lost = &entries[6];
+        assert_eq!(detail(lost)["callback_id"], second.id());
+        assert_eq!(detail(lost)["code"], "http_403");
+        assert!(!lost.detail.contains("token abc"));
+        for r in &entries {
+            assert!(!r.detail.contains("for ACC-1"), "a callback's message is not recorded: {}", r.detail);
+        }
+
+        // A stale lease finishing records nothing.
+        assert!(!store.finish_job(&again, "x", &JobResult::Dead { error: "late".into() }, 5_000).await.unwrap());
+        assert_eq!(steps(&store, 3).await.len(), 7);
+        assert_eq!(store.verify_audit(None).await.unwrap().unwrap().checked, 10);
+    }
+}
+
+both_backends! {
+    async fn a_replay_decides_again_and_rearms_only_failed_grants(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let maker = Maker::new();
+        let event = maker.event(Some("p-1"), r#"{"n": 1}"#);
+        let busy = maker.event(Some("b-1"), r#"{"n": 2}"#);
+        store.insert_events(&[&event]).await.unwrap();
+        store.claim_event("w", 1_000, LEASE).await.unwrap().unwrap();
+        let grants = vec![new_grant("g-1", "ACC-1"), new_grant("g-2", "ACC-1")];
+        let first = stored("plan", None, Some("ACC-1"), r#"{"n":"first"}"#, 2_000);
+        assert!(store.record_decisions(&[record(event.id(), "decided", first, grants.clone())], "w").await.unwrap()[0]);
+        let jobs = store.claim_jobs("x", 3_000, LEASE, 20).await.unwrap();
+        let (g1, g2) = if jobs[0].grant.id == "g-1" { (&jobs[0], &jobs[1]) } else { (&jobs[1], &jobs[0]) };
+        let done = JobResult::Done { grant_state: "active", upstream_id: None, expires_at_ms: None };
+        let dead = JobResult::Dead { error: "Authorization_RequestDenied: denied".into() };
+        store.finish_jobs(&[(g1, done), (g2, dead)], "x", 3_100).await.unwrap();
+        // g-1 has been revoked since (by an operator, or because it expired): a replay must not grant it again.
+        sql(&store, "UPDATE grants SET state = 'revoked' WHERE id = 'g-1'").await.unwrap();
+
+        let by = ReplayBy { actor: "on-call", via: "static_token" };
+        let unknown = EventId::parse("0190a5b2-0000-7000-8000-0000000000ff").unwrap();
+        assert_eq!(store.replay_event(unknown, by, 5_000).await.unwrap(), Replayed::UnknownEvent);
+        store.insert_events(&[&busy]).await.unwrap();
+        store.claim_event("w2", 5_000, LEASE).await.unwrap().unwrap();
+        assert_eq!(store.replay_event(busy.id(), by, 6_000).await.unwrap(), Replayed::BeingDecided);
+        let head = store.audit_head().await.unwrap();
+
+        assert_eq!(
+            store.replay_event(event.id(), by, 10_000).await.unwrap(),
+            Replayed::Queued { rearmed: vec!["g-2".to_string()] }
+        );
+        let replayed = store.event(event.id()).await.unwrap().unwrap();
+        assert_eq!(replayed.state, "received");
+        let ledger = store.grants_for_ticket("src", "ACC-1").await.unwrap();
+        let states: Vec<(&str, &str)> = ledger.iter().map(|g| (g.id.as_str(), g.state.as_str())).collect();
+        assert!(states.contains(&("g-1", "revoked")) && states.contains(&("g-2", "pending")), "{states:?}");
+
+        let entries = store.audit_entries(head.map_or(0, |h| h.seq), 10).await.unwrap();
+        assert_eq!(entries.len(), 1, "one entry for the replay");
+        let op = &entries[0];
+        assert_eq!((op.kind.as_str(), op.actor.as_str()), ("operator_action", "on-call"));
+        assert_eq!((op.event_id.as_deref(), op.ticket_key.as_deref()), (Some(event.id().to_string().as_str()), Some("ACC-1")));
+        let d = detail(op);
+        assert_eq!((d["action"].as_str(), d["via"].as_str(), d["previous_state"].as_str()), (Some("replay"), Some("static_token"), Some("decided")));
+        assert_eq!(d["rearmed_grants"], serde_json::json!(["g-2"]));
+
+        // Decided again: the decision is replaced, nothing new is asked for.
+        let claimed = store.claim_event("w3", 10_000, LEASE).await.unwrap().unwrap();
+        assert_eq!((claimed.id, claimed.attempts), (event.id(), 1), "attempts counted from zero again");
+        let second = stored("plan", None, Some("ACC-1"), r#"{"n":"second"}"#, 11_000);
+        assert!(store.record_decisions(&[record(event.id(), "decided", second, grants)], "w3").await.unwrap()[0]);
+        let decision = store.decision(event.id()).await.unwrap().unwrap();
+        assert_eq!((decision.detail.as_str(), decision.decided_at_ms), (r#"{"n":"second"}"#, 11_000));
+        assert_eq!((count(&store, "grants").await, count(&store, "jobs").await, count(&store, "decisions").await), (2, 2, 1));
+
+        // Only the re-armed job is due, with its attempts reset; the revoked grant's job stays done.
+        let job = store.claim_job("x", 11_000, LEASE).await.unwrap().unwrap();
+        assert_eq!((job.grant.id.as_str(), job.attempts), ("g-2", 1));
+        assert!(store.claim_job("x2", 11_000, LEASE).await.unwrap().is_none());
+        assert_eq!(store.grant("g-1").await.unwrap().unwrap().state, "revoked");
+        assert!(store.verify_audit(None).await.unwrap().is_ok());
+    }
+}
+
+both_backends! {
+    async fn a_large_batch_is_appended_in_chunks_as_one_chain(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let filler = "x".repeat(300);
+        let entries: Vec<AuditEntry> = (0..500)
+            .map(|n| operator(n).detail(serde_json::json!({ "action": "revoke", "n": n, "note": filler })))
+            .collect();
+        let head = store.append_audit(&entries).await.unwrap().unwrap();
+        assert_eq!(head.seq, 500);
+        store.append_audit(&[operator(900)]).await.unwrap();
+        let stored = store.audit_entries(0, 1_000).await.unwrap();
+        assert_eq!(stored.len(), 501);
+        assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=501).collect::<Vec<i64>>());
+        assert_eq!(stored[499].detail, entries[499].detail_text(), "entries stored in their order");
+        assert_eq!(store.verify_audit(None).await.unwrap().unwrap().checked, 501);
+    }
+}
+
+both_backends! {
+    async fn the_admin_lists_have_their_indexes(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let sql = match store {
+            Store::Sqlite(_) => "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'admin_%'",
+            Store::Postgres(_) => "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'admin_%'",
+        };
+        let mut names: Vec<String> = match &store {
+            Store::Sqlite(sqlite) => sqlx::query_scalar(sql).fetch_all(&sqlite.pool).await.unwrap(),
+            Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        };
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "admin_audit_by_event",
+                "admin_audit_by_kind",
+                "admin_events_by_received",
+                "admin_events_by_source",
+                "admin_grants_by_created",
+                "admin_grants_by_event",
+                "admin_grants_by_expiry",
+                "admin_jobs_by_state_updated",
+            ]
+        );
     }
 }

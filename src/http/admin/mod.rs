@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+mod operate;
 mod params;
 mod revoke;
 mod views;
@@ -24,6 +25,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_only("/v1/events/{id}", event))
         .service(get_only("/v1/grants", list_grants))
         .service(get_only("/v1/dead-letters", list_dead_letters))
+        .service(get_only("/v1/audit", operate::list_audit))
+        .service(get_only("/v1/audit/head", operate::audit_head))
+        .service(web::resource("/v1/events/{id}/replay").route(web::post().to(operate::replay)).default_service(
+            web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
+        ))
         .service(web::resource("/v1/grants/{id}/revoke").route(web::post().to(revoke::revoke)).default_service(
             web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
         ));

@@ -48,6 +48,21 @@ fn decode_cursor(kind: CursorKind, text: &str) -> Option<PageKey> {
     Some(PageKey { at_ms: at.parse().ok()?, id: id.to_string() })
 }
 
+/// The audit trail's cursor: `base64url("audit.{seq}")`, the seq of the last entry of the page before.
+pub fn encode_audit_cursor(after_seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("audit.{after_seq}"))
+}
+
+fn decode_audit_cursor(text: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let seq = text.strip_prefix("audit.")?;
+    if !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    seq.parse().ok()
+}
+
 #[derive(Debug)]
 pub struct Params(BTreeMap<String, String>);
 
@@ -105,6 +120,12 @@ impl Params {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(ApiError::InvalidParameter(format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"))),
         }
+    }
+
+    /// The seq after which a page of the audit trail starts.
+    pub fn audit_cursor(&self) -> Result<Option<i64>, ApiError> {
+        let Some(value) = self.0.get("cursor") else { return Ok(None) };
+        decode_audit_cursor(value).map(Some).ok_or(ApiError::InvalidCursor)
     }
 
     pub fn cursor(&self, kind: CursorKind) -> Result<Option<PageKey>, ApiError> {
