@@ -1,6 +1,7 @@
 pub mod audit;
 pub mod callbacks;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decide;
 pub mod domain;

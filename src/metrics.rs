@@ -59,7 +59,7 @@ impl Metrics {
         bump(&self.decisions, source, outcome);
     }
 
-    /// `kind` is the grant kind; `outcome` is granted, already, revoked, retry or dead.
+    /// `kind` is the grant kind; `outcome` is granted, already, revoked, expired, kept, retry or dead.
     pub fn record_job(&self, kind: &str, outcome: &'static str) {
         bump(&self.jobs, kind, outcome);
     }

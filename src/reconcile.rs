@@ -23,14 +23,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditEntry, AuditKind};
-use crate::inbound::unix_millis;
 use crate::metrics::Metrics;
 use crate::policy::{ManagedGroup, Policy};
 use crate::providers::{GrantOutcome, GraphGroups, ProviderError};
@@ -41,20 +40,7 @@ pub const STARTED_BY_SCHEDULE: &str = "schedule";
 /// `started_by` of `grantbridge reconcile`.
 pub const STARTED_BY_CLI: &str = "cli";
 
-/// The time reconciliation judges expiry by; injected so that tests choose it.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system's clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        unix_millis(SystemTime::now())
-    }
-}
+pub use crate::clock::{Clock, SystemClock};
 
 /// What classification finds in one group, each list sorted by principal id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

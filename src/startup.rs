@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
+
+use crate::clock::Clock;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -52,7 +54,24 @@ impl Application {
         Self::build_with_store(settings, store)
     }
 
+    /// [`Application::build`] with workers that judge due jobs, leases and expiry by `clock` (tests move it).
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.database)
+            .await
+            .with_context(|| format!("Failed to open the database {}", settings.database.display_url()))?;
+        store.migrate().await.context("Failed to apply database migrations")?;
+        Self::build_with_store_and_clock(settings, store, clock)
+    }
+
     pub fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        Self::build_with_store_and_clock(settings, store, crate::clock::system())
+    }
+
+    pub fn build_with_store_and_clock(
+        settings: Settings,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Application> {
         let listener =
             TcpListener::bind(settings.listen).with_context(|| format!("Failed to listen on {}", settings.listen))?;
         let port = listener.local_addr().context("Failed to read the bound address")?.port();
@@ -75,15 +94,18 @@ impl Application {
         let callbacks_wake = Arc::new(Notify::new());
         let callback_settings = Arc::new(settings.callbacks);
         let callbacks = sources.values().any(|s| s.api().is_some()).then(|| {
-            Arc::new(CallbackerContext::new(
-                store.clone(),
-                &sources,
-                callback_settings.clone(),
-                settings.workers.lease,
-                settings.workers.poll,
-                metrics.clone(),
-                callbacks_wake.clone(),
-            ))
+            Arc::new(
+                CallbackerContext::new(
+                    store.clone(),
+                    &sources,
+                    callback_settings.clone(),
+                    settings.workers.lease,
+                    settings.workers.poll,
+                    metrics.clone(),
+                    callbacks_wake.clone(),
+                )
+                .with_clock(clock.clone()),
+            )
         });
         let providers = settings.entra.as_ref().map(|e| {
             let providers = Providers::from_entra(e, e.arm_url.clone())
@@ -117,6 +139,7 @@ impl Application {
                 queued: jobs_queued.clone(),
                 callbacks: callback_settings.clone(),
                 callbacks_wake: callbacks_wake.clone(),
+                clock: clock.clone(),
             })
         });
         let decider = Decider {
@@ -135,6 +158,7 @@ impl Application {
             jobs_queued,
             callbacks: callback_settings,
             callbacks_wake,
+            clock,
         });
         if settings.admin.is_open_to_nobody() {
             tracing::info!("no [admin] section: every /v1/ route answers 401");

@@ -513,6 +513,10 @@ mod tests {
             last_error: Some("upstream answered 403 Authorization_RequestDenied: tenant secret detail".into()),
             created_at_ms: 0,
             updated_at_ms: 0,
+            ended_reason: None,
+            ended_by: None,
+            ended_at_ms: None,
+            notify_before_secs: None,
         }
     }
 

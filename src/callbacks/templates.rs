@@ -88,7 +88,7 @@ impl Kind {
                 "Access from {ticket} ends soon.\n\
                  {principal} has this access {until}:\n\
                  {grants}\n\
-                 Raise a new request if it is still needed."
+                 To keep it, raise a new request: an extension needs a new approval and is never automatic."
             }
         }
     }

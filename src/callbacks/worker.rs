@@ -4,17 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::deliver::{Deliverer, DeliveryError};
 use super::templates::CallbackSettings;
-use crate::inbound::{Source, unix_millis};
+use crate::clock::Clock;
+use crate::inbound::Source;
 use crate::metrics::Metrics;
 use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
-use crate::worker::{Step, drain, run_until_stopped};
+use crate::worker::{Step, drain, later, run_until_stopped};
 
 /// What callbackers need; shared by all callbackers of a process.
 pub struct CallbackerContext {
@@ -33,6 +34,8 @@ pub struct CallbackerContext {
     pub metrics: Arc<Metrics>,
     /// Notified when callbacks were enqueued.
     pub wake: Arc<Notify>,
+    /// When a callback is due (a notice before expiry waits for its window).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl CallbackerContext {
@@ -57,7 +60,13 @@ impl CallbackerContext {
             max_retry_after: settings.max_retry_after,
             metrics,
             wake,
+            clock: crate::clock::system(),
         }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -89,10 +98,11 @@ impl Callbacker {
     /// Delivers one due callback; `Ok(false)` when there was none.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
         let ctx = &self.ctx;
-        let now = unix_millis(SystemTime::now());
+        let now = ctx.clock.now_ms();
         let Some(claimed) = ctx.store.claim_callback(&self.id, now, ctx.lease).await? else { return Ok(false) };
-        let result = with_lease(&ctx.store, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
-        let now = unix_millis(SystemTime::now());
+        let result =
+            with_lease(&ctx.store, &*ctx.clock, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
+        let now = ctx.clock.now_ms();
         if !ctx.store.finish_callback(&claimed, &self.id, &result, now).await? {
             tracing::warn!(callback = claimed.id(), "lease lost while delivering: another callbacker took it over");
         }
@@ -127,7 +137,7 @@ impl Callbacker {
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "callback postponed"
                 );
-                CallbackResult::Retry { at_ms: unix_millis(SystemTime::now() + delay), error: reason }
+                CallbackResult::Retry { at_ms: later(ctx.clock.now_ms(), delay), error: reason }
             }
             Err(DeliveryError::Retry { reason, .. }) => {
                 self.dead(callback.attempts, format!("gave up after {} attempts: {reason}", callback.attempts), count)
@@ -153,6 +163,7 @@ impl Step for Callbacker {
 /// system never makes another callbacker post the same callback while this one is still at it.
 async fn with_lease<T>(
     store: &Store,
+    clock: &dyn Clock,
     id: &str,
     owner: &str,
     lease: Duration,
@@ -165,7 +176,7 @@ async fn with_lease<T>(
         tokio::select! {
             result = &mut work => return result,
             _ = ticker.tick() => {
-                let until = unix_millis(SystemTime::now() + lease);
+                let until = later(clock.now_ms(), lease);
                 match store.extend_callback_lease(id, owner, until).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("lease lost during the delivery; its result will be discarded"),

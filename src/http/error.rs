@@ -54,6 +54,12 @@ pub enum ApiError {
     UpstreamUnavailable,
     #[error("this method is not allowed here; use {allow}")]
     MethodNotAllowed { allow: &'static str },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("no grant has this id")]
+    UnknownGrant,
+    #[error("the grant is {0}, not active: there is nothing to revoke")]
+    GrantNotActive(String),
 }
 
 impl ApiError {
@@ -80,6 +86,9 @@ impl ApiError {
             ApiError::StoreUnreadable => "store_unavailable",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnknownGrant => "unknown_grant",
+            ApiError::GrantNotActive(_) => "grant_not_active",
         }
     }
 }
@@ -126,6 +135,9 @@ impl ResponseError for ApiError {
             ApiError::UnknownReconcileRun => StatusCode::NOT_FOUND,
             ApiError::EventBeingDecided => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownGrant => StatusCode::NOT_FOUND,
+            ApiError::GrantNotActive(_) => StatusCode::CONFLICT,
         }
     }
 

@@ -37,8 +37,15 @@ pub struct RuleConfig {
     pub default_duration: Option<String>,
     pub max_duration: Option<String>,
     pub notify_before_expiry: Option<String>,
+    /// Ticket actions that withdraw the request: the grants this rule gave for the ticket end.
+    pub withdraw_on: Vec<String>,
     pub grants: Vec<GrantConfig>,
 }
+
+/// Ticket actions that end a rule's grants for the ticket unless the rule says otherwise.
+pub const DEFAULT_WITHDRAW_ON: [&str; 3] = ["cancelled", "rejected", "reopened"];
+/// Ticket actions `withdraw_on` may name.
+pub const WITHDRAW_ACTIONS: [&str; 4] = ["cancelled", "rejected", "reopened", "closed"];
 
 /// The safe defaults, the same whether a rule comes from the file or from code.
 impl Default for RuleConfig {
@@ -57,6 +64,7 @@ impl Default for RuleConfig {
             default_duration: None,
             max_duration: None,
             notify_before_expiry: None,
+            withdraw_on: DEFAULT_WITHDRAW_ON.iter().map(|a| a.to_string()).collect(),
             grants: Vec::new(),
         }
     }
@@ -330,6 +338,23 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
         }
     }
 
+    let mut withdraw_on = Vec::with_capacity(raw.withdraw_on.len());
+    for action in &raw.withdraw_on {
+        let folded = action.trim().to_ascii_lowercase();
+        if !WITHDRAW_ACTIONS.contains(&folded.as_str()) {
+            return Err(at.err(
+                "withdraw_on",
+                format!(
+                    "`{action}` is not a ticket action that can withdraw a request; use {}",
+                    WITHDRAW_ACTIONS.join(", ")
+                ),
+            ));
+        }
+        if !withdraw_on.contains(&folded) {
+            withdraw_on.push(folded);
+        }
+    }
+
     if raw.grants.is_empty() {
         return Err(at.err("grants", "no grants: a rule declares at least one [[policy.rules.grants]]"));
     }
@@ -394,6 +419,7 @@ fn build_rule(raw: RuleConfig, at: &At<'_>, known_sources: &[&str]) -> Result<Ru
         default_duration,
         max_duration,
         notify_before_expiry,
+        withdraw_on,
         grants,
         reconcile,
     })

@@ -23,7 +23,9 @@
 //! require_justification = false
 //! default_duration = "8h"                         # when the ticket asks for none
 //! max_duration = "24h"                            # a longer request is capped, and the plan says so
-//! notify_before_expiry = "1h"                     # validated, kept for the expiry reminder
+//! notify_before_expiry = "1h"                     # a notice on the ticket this long before time-bound access ends
+//! withdraw_on = ["cancelled", "rejected", "reopened"]  # default; ticket actions that end the ticket's grants
+//!                                                 # ("closed" allowed too); [] = a later event never revokes
 //!
 //! [[policy.rules.grants]]
 //! kind = "group_member"

@@ -105,6 +105,8 @@ pub struct Rule {
     pub(crate) default_duration: Option<Duration>,
     pub(crate) max_duration: Option<Duration>,
     pub(crate) notify_before_expiry: Option<Duration>,
+    /// Ticket actions (lower case) that withdraw the request.
+    pub(crate) withdraw_on: Vec<String>,
     pub(crate) grants: Vec<GrantSpec>,
     /// Reconciliation flags of the targets whose declaration sets one.
     pub(crate) reconcile: BTreeMap<GrantTarget, ReconcileFlags>,
@@ -224,9 +226,14 @@ impl Rule {
         self.max_duration
     }
 
-    /// Kept for the expiry reminder; validated, not yet acted upon.
+    /// How long before a time-bound grant ends the ticket is told.
     pub fn notify_before_expiry(&self) -> Option<Duration> {
         self.notify_before_expiry
+    }
+
+    /// Whether a ticket event with `action` (e.g. `cancelled`) ends the grants this rule gave for the ticket.
+    pub fn withdraws_on(&self, action: &str) -> bool {
+        self.withdraw_on.iter().any(|a| a == action)
     }
 
     /// Every target this rule may grant: its fixed targets and all options of its choices, in config order.

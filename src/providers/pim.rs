@@ -16,6 +16,8 @@ use crate::upstream::{RetryPolicy, UpstreamError};
 const UPSTREAM: &str = "graph-pim";
 const GROUP_REQUESTS: &str = "/identityGovernance/privilegedAccess/group/assignmentScheduleRequests";
 const ROLE_REQUESTS: &str = "/roleManagement/directory/roleAssignmentScheduleRequests";
+const GROUP_INSTANCES: &str = "/identityGovernance/privilegedAccess/group/assignmentScheduleInstances";
+const ROLE_INSTANCES: &str = "/roleManagement/directory/roleAssignmentScheduleInstances";
 
 /// PIM's answer (HTTP 400) to an assignment that is already in place, for groups and roles alike:
 /// `{"code":"RoleAssignmentExists","message":"The Role assignment already exists."}`.
@@ -114,6 +116,42 @@ impl Pim {
             Err(e) if is_missing(&e) => Ok(GrantOutcome::Revoked { already_gone: true }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the assignment is still in place: PIM's active schedule instances for this principal and target
+    /// (`assignmentScheduleInstances`, filtered). Entra ends an assignment at its expiry by itself; this is how
+    /// the ledger checks that it did.
+    pub async fn is_assigned(&self, request: &GrantRequest) -> Result<bool, ProviderError> {
+        let principal = object_id("principal id", &request.principal_id)?;
+        let (path, filter) = match &request.target {
+            GrantTarget::PimGroup { group_id, access } => (
+                GROUP_INSTANCES,
+                format!(
+                    "groupId eq '{}' and principalId eq '{principal}' and accessId eq '{}'",
+                    object_id("group id", group_id)?,
+                    match access {
+                        PimAccess::Member => "member",
+                        PimAccess::Owner => "owner",
+                    }
+                ),
+            ),
+            GrantTarget::PimRole { role_definition_id, directory_scope_id } => (
+                ROLE_INSTANCES,
+                format!(
+                    "principalId eq '{principal}' and roleDefinitionId eq '{}' and directoryScopeId eq '{}'",
+                    object_id("role definition id", role_definition_id)?,
+                    directory_scope_id.replace('\'', "''")
+                ),
+            ),
+            other => return Err(ProviderError::invalid_input(format!("PIM does not grant {} targets", other.kind()))),
+        };
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base_url), &[("$filter", filter)])
+            .map_err(|e| ProviderError::invalid_input(format!("cannot build the PIM instances URL: {e}")))?;
+        let response = self.caller.send("pim_instances", |_| false, |http| http.get(url.clone())).await?;
+        let body = json_body(response).await.ok_or_else(|| {
+            ProviderError::permanent("invalid_response", "PIM answered the instances query with no JSON")
+        })?;
+        Ok(body.get("value").and_then(Value::as_array).is_some_and(|v| !v.is_empty()))
     }
 
     fn request_body(&self, request: &GrantRequest, action: Action) -> Result<(&'static str, Value), ProviderError> {

@@ -6,8 +6,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::callbacks::enqueue_callbacks;
+use super::lifecycle::REASON_EXPIRED;
 use super::{AppendAudit, NewCallback, Store, StoreError, on_pool};
-use crate::audit::{AuditEntry, AuditKind};
+use crate::audit::{AuditEntry, AuditKind, SERVICE_ACTOR};
+
+/// The end of a grant, queued when it becomes active: a revoke (or, for PIM, an expiry check) job due then.
+const INSERT_END_JOB: &str = "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
+        updated_at_ms, reason, requested_by)
+    VALUES ($1, $2, $3, 'queued', $4, $5, $5, $6, $7)
+    ON CONFLICT (grant_id, kind) DO NOTHING";
+
+/// A grant's notice before expiry that has not been posted yet, cancelled when the grant ends.
+pub(super) const CANCEL_NOTICE: &str = "UPDATE callbacks SET state = 'cancelled', updated_at_ms = $1
+    WHERE grant_id = $2 AND kind = 'expiring' AND state = 'queued'";
+
+/// What `ended_reason` says when the access itself was kept for another grant (see `check_shared_access`).
+pub(super) const KEPT_NOTE: &str = "; kept for grant ";
 
 /// A grant a plan asked for, before it is stored.
 #[derive(Debug, Clone)]
@@ -22,6 +36,8 @@ pub struct NewGrant {
     pub label: String,
     pub principal_id: String,
     pub requested_duration_secs: Option<i64>,
+    /// The rule's lead time for the notice before expiry, when it asks for one.
+    pub notify_before_secs: Option<i64>,
     /// Jobs with the same key can be executed by one upstream call (see [`batch_key`]).
     pub batch_key: Option<String>,
 }
@@ -49,12 +65,20 @@ pub struct GrantRecord {
     pub principal_id: String,
     pub requested_duration_secs: Option<i64>,
     pub expires_at_ms: Option<i64>,
-    /// `pending`, `active`, `failed` or `revoked`.
+    /// `pending`, `active`, `failed`, `revoked` or `expired` (see docs/lifecycle.md).
     pub state: String,
     pub upstream_id: Option<String>,
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Why the grant ended (`expired`, `withdrawn: cancelled`, `operator: ...`), with a note when the access
+    /// itself was kept for another grant.
+    pub ended_reason: Option<String>,
+    /// `grantbridge`, or the operator who revoked it.
+    pub ended_by: Option<String>,
+    pub ended_at_ms: Option<i64>,
+    /// The rule's lead time for the notice before expiry.
+    pub notify_before_secs: Option<i64>,
 }
 
 /// A job leased to a worker, with its grant.
@@ -65,6 +89,9 @@ pub struct ClaimedJob {
     pub attempts: i64,
     /// Jobs with the same key can be executed by one upstream call.
     pub batch_key: Option<String>,
+    /// Why an ending job (`revoke`, `expire`) was queued, and by whom.
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
     pub grant: GrantRecord,
 }
 
@@ -73,8 +100,10 @@ pub struct ClaimedJob {
 pub enum Settled<'a> {
     /// Every grant of the event's plan has been executed: each is now `active` or `failed`.
     Executed { decision_detail: &'a str, grants: &'a [GrantRecord] },
-    /// The grant has been revoked upstream.
+    /// The grant has ended (revoked, withdrawn or expired); `grant.ended_reason` says why.
     Revoked { decision_detail: &'a str, grant: &'a GrantRecord },
+    /// The grant is active and ends at `grant.expires_at_ms`: the notice posted ahead of its end.
+    Expiring { decision_detail: &'a str, grant: &'a GrantRecord },
 }
 
 /// Renders what the ticket is told about what a batch settled.
@@ -91,65 +120,49 @@ pub enum JobResult {
     Dead { error: String },
 }
 
-pub(super) type GrantRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
+type HeldJobRow = (String, String, i64, Option<String>, String, Option<String>, Option<String>);
+
+/// A grants row as read from either backend (more columns than sqlx's tuples take).
+pub(super) struct GrantRow(pub(super) GrantRecord);
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for GrantRow
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(GrantRow(GrantRecord {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            source: row.try_get("source")?,
+            ticket_key: row.try_get("ticket_key")?,
+            rule: row.try_get("rule")?,
+            kind: row.try_get("kind")?,
+            target: row.try_get("target")?,
+            label: row.try_get("label")?,
+            principal_id: row.try_get("principal_id")?,
+            requested_duration_secs: row.try_get("requested_duration_secs")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+            state: row.try_get("state")?,
+            upstream_id: row.try_get("upstream_id")?,
+            last_error: row.try_get("last_error")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+            ended_reason: row.try_get("ended_reason")?,
+            ended_by: row.try_get("ended_by")?,
+            ended_at_ms: row.try_get("ended_at_ms")?,
+            notify_before_secs: row.try_get("notify_before_secs")?,
+        }))
+    }
+}
 
 pub(super) const GRANT_COLUMNS: &str = "id, event_id, source, ticket_key, rule, kind, target, label, principal_id,
-    requested_duration_secs, expires_at_ms, state, upstream_id, last_error, created_at_ms, updated_at_ms";
+    requested_duration_secs, expires_at_ms, state, upstream_id, last_error, created_at_ms, updated_at_ms,
+    ended_reason, ended_by, ended_at_ms, notify_before_secs";
 
 pub(super) fn grant_from(row: GrantRow) -> GrantRecord {
-    let (
-        id,
-        event_id,
-        source,
-        ticket_key,
-        rule,
-        kind,
-        target,
-        label,
-        principal_id,
-        requested,
-        expires,
-        state,
-        upstream,
-        error,
-        created,
-        updated,
-    ) = row;
-    GrantRecord {
-        id,
-        event_id,
-        source,
-        ticket_key,
-        rule,
-        kind,
-        target,
-        label,
-        principal_id,
-        requested_duration_secs: requested,
-        expires_at_ms: expires,
-        state,
-        upstream_id: upstream,
-        last_error: error,
-        created_at_ms: created,
-        updated_at_ms: updated,
-    }
+    row.0
 }
 
 // As for events: due jobs first, then abandoned leases, each an index range.
@@ -257,9 +270,9 @@ impl Store {
 
     /// Every job `owner` holds, with its grant, oldest first.
     async fn held_jobs(&self, owner: &str) -> Result<Vec<ClaimedJob>, StoreError> {
-        let rows: Vec<(String, String, i64, Option<String>, String)> = on_pool!(self, |pool, _begin| {
+        let rows: Vec<HeldJobRow> = on_pool!(self, |pool, _begin| {
             sqlx::query_as(
-                "SELECT id, kind, attempts, batch_key, grant_id FROM jobs WHERE lease_owner = $1 AND state = 'running'
+                "SELECT id, kind, attempts, batch_key, grant_id, reason, requested_by FROM jobs WHERE lease_owner = $1 AND state = 'running'
                  ORDER BY next_attempt_at_ms, id",
             )
             .bind(owner)
@@ -279,11 +292,11 @@ impl Store {
         let mut grants: std::collections::HashMap<String, GrantRecord> =
             grants.into_iter().map(grant_from).map(|g| (g.id.clone(), g)).collect();
         rows.into_iter()
-            .map(|(id, kind, attempts, batch_key, grant_id)| {
+            .map(|(id, kind, attempts, batch_key, grant_id, reason, requested_by)| {
                 let grant = grants.remove(&grant_id).ok_or_else(|| {
                     StoreError::Corrupt(format!("job {id} names grant {grant_id}, which does not exist"))
                 })?;
-                Ok(ClaimedJob { id, kind, attempts, batch_key, grant })
+                Ok(ClaimedJob { id, kind, attempts, batch_key, reason, requested_by, grant })
             })
             .collect()
     }
@@ -327,37 +340,41 @@ impl Store {
             Store::Sqlite(_) => None,
         };
         let grants_of_event = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE event_id = $1");
+        let grant_by_id = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1");
         on_pool!(
             self,
             background | pool,
-            begin | {
-                let mut tx = pool.begin_with(begin).await?;
-                let mut kept = Vec::with_capacity(outcomes.len());
-                for (job, result) in outcomes {
-                    let (job_state, next_at, error) = match result {
-                        JobResult::Done { .. } => ("done", now_ms, None),
-                        JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
-                        JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
-                    };
-                    let updated = sqlx::query(
-                        "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
+            begin
+                | {
+                    let mut tx = pool.begin_with(begin).await?;
+                    let mut kept = Vec::with_capacity(outcomes.len());
+                    let mut notices: Vec<&ClaimedJob> = Vec::new();
+                    let mut ended: Vec<&ClaimedJob> = Vec::new();
+                    for (job, result) in outcomes {
+                        let (job_state, next_at, error) = match result {
+                            JobResult::Done { .. } => ("done", now_ms, None),
+                            JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
+                            JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
+                        };
+                        let updated = sqlx::query(
+                            "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
                          lease_until_ms = NULL, updated_at_ms = $4
                          WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
-                    )
-                    .bind(job_state)
-                    .bind(next_at)
-                    .bind(error)
-                    .bind(now_ms)
-                    .bind(&job.id)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    kept.push(updated == 1);
-                    if updated != 1 {
-                        continue;
-                    }
-                    let grant_update = match result {
+                        )
+                        .bind(job_state)
+                        .bind(next_at)
+                        .bind(error)
+                        .bind(now_ms)
+                        .bind(&job.id)
+                        .bind(owner)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        kept.push(updated == 1);
+                        if updated != 1 {
+                            continue;
+                        }
+                        let grant_update = match result {
                         JobResult::Done { grant_state, upstream_id, expires_at_ms } => sqlx::query(
                             "UPDATE grants SET state = $1, upstream_id = COALESCE($2, upstream_id), expires_at_ms = $3,
                              last_error = NULL, updated_at_ms = $4
@@ -370,73 +387,197 @@ impl Store {
                             sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
                                 .bind(error)
                         }
-                        JobResult::Dead { error } => sqlx::query(
+                        JobResult::Dead { error } if job.kind == "grant" => sqlx::query(
                             "UPDATE grants SET state = 'failed', last_error = $1, updated_at_ms = $2 WHERE id = $3",
                         )
                         .bind(error),
+                        // An ending that gave up leaves the access in place: the grant stays as it is, with the
+                        // error, and the job is a dead letter an operator can ask again (lifecycle).
+                        JobResult::Dead { error } => {
+                            sqlx::query("UPDATE grants SET last_error = $1, updated_at_ms = $2 WHERE id = $3")
+                                .bind(error)
+                        }
                     };
-                    grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
-                }
-                let finished = |(job, result): &&(&ClaimedJob, JobResult)| {
-                    !matches!(result, JobResult::Retry { .. }) && job.kind == "grant"
-                };
-                let mut events: Vec<&str> = outcomes
-                    .iter()
-                    .zip(&kept)
-                    .filter(|(o, k)| report.is_some() && **k && finished(o))
-                    .map(|((job, _), _)| job.grant.event_id.as_str())
-                    .collect();
-                events.sort_unstable();
-                events.dedup();
-                let mut callbacks = Vec::new();
-                for event_id in events {
-                    if let Some(lock_event) = lock_event {
-                        sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
+                        grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
+                        // --- lifecycle: scheduling the end of a grant, and recording it (kinds revoke / expire) ---
+                        if let JobResult::Done { expires_at_ms, .. } = result {
+                            if job.kind == "grant" {
+                                if let Some(at) = expires_at_ms {
+                                    // PIM assignments end in Entra by themselves: the ledger only checks and marks them.
+                                    let end = if job.grant.kind.starts_with("pim_") { "expire" } else { "revoke" };
+                                    sqlx::query(INSERT_END_JOB)
+                                        .bind(uuid::Uuid::now_v7().to_string())
+                                        .bind(&job.grant.id)
+                                        .bind(end)
+                                        .bind(*at)
+                                        .bind(now_ms)
+                                        .bind(REASON_EXPIRED)
+                                        .bind(SERVICE_ACTOR)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    if job.grant.notify_before_secs.is_some() {
+                                        notices.push(job);
+                                    }
+                                }
+                            } else {
+                                sqlx::query(
+                                    "UPDATE grants SET ended_reason = COALESCE(ended_reason, $1),
+                                 ended_by = COALESCE(ended_by, $2), ended_at_ms = COALESCE(ended_at_ms, $3)
+                                 WHERE id = $4",
+                                )
+                                .bind(job.reason.as_deref().unwrap_or(REASON_EXPIRED))
+                                .bind(job.requested_by.as_deref().unwrap_or(SERVICE_ACTOR))
+                                .bind(now_ms)
+                                .bind(&job.grant.id)
+                                .execute(&mut *tx)
+                                .await?;
+                                // The grant has ended: its other end (an expiry after a withdrawal) and its notice go.
+                                sqlx::query(
+                                "UPDATE jobs SET state = 'cancelled', updated_at_ms = $1
+                                 WHERE grant_id = $2 AND id <> $3 AND kind IN ('revoke', 'expire') AND state = 'queued'",
+                            )
+                            .bind(now_ms)
+                            .bind(&job.grant.id)
+                            .bind(&job.id)
+                            .execute(&mut *tx)
+                            .await?;
+                                sqlx::query(CANCEL_NOTICE).bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
+                                ended.push(job);
+                            }
+                        }
+                        // --- end lifecycle ---
                     }
-                    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
-                        .bind(event_id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
-                    if grants.iter().any(|g| g.state == "pending") {
-                        continue;
-                    }
-                    let detail: Option<String> = sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
-                        .bind(event_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let detail = detail.unwrap_or_default();
-                    if let Some(report) = report {
-                        callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
-                    }
-                }
-                for ((job, result), kept) in outcomes.iter().zip(&kept) {
-                    let Some(report) = report else { break };
-                    if *kept && job.kind == "revoke" && matches!(result, JobResult::Done { .. }) {
+                    let finished = |(job, result): &&(&ClaimedJob, JobResult)| {
+                        !matches!(result, JobResult::Retry { .. }) && job.kind == "grant"
+                    };
+                    let mut events: Vec<&str> = outcomes
+                        .iter()
+                        .zip(&kept)
+                        .filter(|(o, k)| report.is_some() && **k && finished(o))
+                        .map(|((job, _), _)| job.grant.event_id.as_str())
+                        .collect();
+                    events.sort_unstable();
+                    events.dedup();
+                    let mut callbacks = Vec::new();
+                    for event_id in events {
+                        if let Some(lock_event) = lock_event {
+                            sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
+                        }
+                        let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
+                            .bind(event_id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
+                        if grants.iter().any(|g| g.state == "pending") {
+                            continue;
+                        }
                         let detail: Option<String> =
                             sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
-                                .bind(&job.grant.event_id)
+                                .bind(event_id)
                                 .fetch_optional(&mut *tx)
                                 .await?;
                         let detail = detail.unwrap_or_default();
-                        callbacks.extend(report(Settled::Revoked { decision_detail: &detail, grant: &job.grant }));
+                        if let Some(report) = report {
+                            callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
+                        }
                     }
+                    let mut audit: Vec<AuditEntry> = Vec::new();
+                    // --- Audit of `grant` jobs: `granted` or `failed` once a job is done or dead (not per retry).
+                    audit.extend(
+                        outcomes
+                            .iter()
+                            .zip(&kept)
+                            .filter(|(_, kept)| **kept)
+                            .filter_map(|((job, result), _)| grant_job_entry(job, result, now_ms)),
+                    );
+                    // --- End of the audit of `grant` jobs.
+                    // --- lifecycle: ended grants (revoke / expire jobs) told to the ticket and audited ---
+                    let mut notice_times = Vec::new();
+                    for job in &ended {
+                        let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
+                            .bind(&job.grant.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some(grant) = row.map(grant_from) else { continue };
+                        let kept_upstream = grant.ended_reason.as_deref().is_some_and(|r| r.contains(KEPT_NOTE));
+                        if !kept_upstream {
+                            // Removed upstream: a grant of the same access that became active meanwhile is added again.
+                            sqlx::query(
+                            "UPDATE jobs SET state = 'queued', next_attempt_at_ms = $1, attempts = 0, updated_at_ms = $1
+                             WHERE kind = 'grant' AND state = 'done' AND grant_id IN (SELECT id FROM grants
+                               WHERE kind = $2 AND target = $3 AND principal_id = $4 AND id <> $5 AND state = 'active')",
+                        )
+                        .bind(now_ms)
+                        .bind(&grant.kind)
+                        .bind(&grant.target)
+                        .bind(&grant.principal_id)
+                        .bind(&grant.id)
+                        .execute(&mut *tx)
+                        .await?;
+                        }
+                        let kind = if grant.state == "expired" { AuditKind::Expired } else { AuditKind::Revoked };
+                        audit.push(
+                            AuditEntry::service(kind)
+                                .source(grant.source.clone())
+                                .ticket(grant.ticket_key.clone())
+                                .event(grant.event_id.clone())
+                                .grant(grant.id.clone())
+                                .detail(serde_json::json!({
+                                    "reason": grant.ended_reason,
+                                    "ended_by": grant.ended_by,
+                                    "removed_upstream": !kept_upstream,
+                                })),
+                        );
+                        if let Some(report) = report {
+                            let detail: Option<String> =
+                                sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                                    .bind(&grant.event_id)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            let detail = detail.unwrap_or_default();
+                            callbacks.extend(report(Settled::Revoked { decision_detail: &detail, grant: &grant }));
+                        }
+                    }
+                    for job in notices {
+                        let Some(report) = report else { break };
+                        let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
+                            .bind(&job.grant.id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some(grant) = row.map(grant_from) else { continue };
+                        let (Some(expires), Some(lead)) = (grant.expires_at_ms, grant.notify_before_secs) else {
+                            continue;
+                        };
+                        let detail: Option<String> =
+                            sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                                .bind(&grant.event_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        let detail = detail.unwrap_or_default();
+                        let at = expires.saturating_sub(lead.saturating_mul(1000)).max(now_ms);
+                        for notice in report(Settled::Expiring { decision_detail: &detail, grant: &grant }) {
+                            notice_times.push((notice.id.clone(), at));
+                            callbacks.push(notice);
+                        }
+                    }
+                    // --- end lifecycle ---
+                    let added = enqueue_callbacks(self, &mut tx, &callbacks, now_ms).await?;
+                    for (id, at) in &notice_times {
+                        // A notice waits for its window; one already posted or under way is left alone.
+                        sqlx::query(
+                        "UPDATE callbacks SET next_attempt_at_ms = $1 WHERE id = $2 AND state = 'queued' AND attempts = 0",
+                    )
+                    .bind(*at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    }
+                    if !audit.is_empty() {
+                        tx.append_audit(now_ms, &audit).await?;
+                    }
+                    tx.commit().await?;
+                    Ok((kept, added))
                 }
-                let mut audit: Vec<AuditEntry> = Vec::new();
-                // --- Audit of `grant` jobs: `granted` or `failed` once a job is done or dead (not per retry).
-                audit.extend(
-                    outcomes
-                        .iter()
-                        .zip(&kept)
-                        .filter(|(_, kept)| **kept)
-                        .filter_map(|((job, result), _)| grant_job_entry(job, result, now_ms)),
-                );
-                // --- End of the audit of `grant` jobs.
-                let added = enqueue_callbacks(self, &mut tx, &callbacks, now_ms).await?;
-                tx.append_audit(now_ms, &audit).await?;
-                tx.commit().await?;
-                Ok((kept, added))
-            }
         )
     }
 

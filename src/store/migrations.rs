@@ -14,6 +14,7 @@ pub(super) const SQLITE: &[Migration] = &[
     Migration { version: 5, name: "callbacks", sql: include_str!("../../migrations/sqlite/0005_callbacks.sql") },
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/sqlite/0006_job_batches.sql") },
     Migration { version: 8, name: "reconcile", sql: include_str!("../../migrations/sqlite/0008_reconcile.sql") },
+    Migration { version: 9, name: "lifecycle", sql: include_str!("../../migrations/sqlite/0009_lifecycle.sql") },
     Migration {
         version: 10,
         name: "admin_indexes",
@@ -29,6 +30,7 @@ pub(super) const POSTGRES: &[Migration] = &[
     Migration { version: 5, name: "callbacks", sql: include_str!("../../migrations/postgres/0005_callbacks.sql") },
     Migration { version: 6, name: "job_batches", sql: include_str!("../../migrations/postgres/0006_job_batches.sql") },
     Migration { version: 8, name: "reconcile", sql: include_str!("../../migrations/postgres/0008_reconcile.sql") },
+    Migration { version: 9, name: "lifecycle", sql: include_str!("../../migrations/postgres/0009_lifecycle.sql") },
     Migration {
         version: 10,
         name: "admin_indexes",

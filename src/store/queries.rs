@@ -287,7 +287,7 @@ impl Store {
         let (sql, args) =
             c.finish(&format!("SELECT {GRANT_COLUMNS} FROM grants"), "created_at_ms DESC, id DESC", limit);
         let rows: Vec<GrantRow> = fetch_all!(self, GrantRow, sql, &args);
-        Ok(paged(rows, limit, |r| PageKey { at_ms: r.14, id: r.0.clone() }, grant_from))
+        Ok(paged(rows, limit, |r| PageKey { at_ms: r.0.created_at_ms, id: r.0.id.clone() }, grant_from))
     }
 
     pub async fn event_record(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {

@@ -89,12 +89,15 @@ impl Store {
     /// because a ledger read in part must not be acted upon.
     pub async fn grants_for_group(&self, group_id: &str) -> Result<Vec<LedgerGrant>, StoreError> {
         let group_id = group_id.trim().to_ascii_lowercase();
+        // A revocation asked for (withdrawal, operator) or under way counts as revoking; the revoke job every
+        // time-bound grant carries for its expiry does not, until it runs.
         // A cheap filter that every matching row passes; the parsed comparison below decides.
         let pattern = format!("%{group_id}%");
         let rows: Vec<LedgerRow> = on_pool!(self, |pool, _begin| {
             sqlx::query_as(
                 "SELECT g.id, g.principal_id, g.rule, g.kind, g.target, g.state, g.expires_at_ms,
-                        EXISTS (SELECT 1 FROM jobs j WHERE j.grant_id = g.id AND j.kind = 'revoke')
+                        EXISTS (SELECT 1 FROM jobs j WHERE j.grant_id = g.id AND j.kind = 'revoke'
+                                AND NOT (j.state = 'queued' AND j.reason = 'expired'))
                  FROM grants g
                  WHERE g.kind IN ('group_member', 'pim_group') AND LOWER(g.target) LIKE $1
                  ORDER BY g.created_at_ms, g.id",

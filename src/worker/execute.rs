@@ -5,17 +5,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Step, drain, retry_delay, with_heartbeat};
+use super::{Step, drain, later, retry_delay, with_heartbeat};
 use crate::callbacks::{CallbackSettings, TicketRef};
+use crate::clock::Clock;
 use crate::domain::GrantTarget;
-use crate::inbound::{Source, SourceKind, unix_millis};
+use crate::inbound::{Source, SourceKind};
 use crate::metrics::Metrics;
 use crate::providers::{GrantOutcome, GrantRequest, MAX_MEMBERS_PER_PATCH, ProviderError, Providers};
-use crate::store::{ClaimedJob, GrantRecord, JobResult, Leased, NewCallback, Settled, Store, StoreError};
+use crate::store::{
+    ClaimedJob, GrantRecord, JobResult, Leased, NewCallback, REASON_EXPIRED, Settled, SharedAccess, Store, StoreError,
+    ended_state,
+};
 
 /// How long a batch that is not full waits for more adds to the same group before it is sent.
 pub const BATCH_FILL_WINDOW: Duration = Duration::from_millis(150);
@@ -40,6 +44,8 @@ pub struct ExecutorContext {
     pub callbacks: Arc<CallbackSettings>,
     /// Notified when callbacks were enqueued.
     pub callbacks_wake: Arc<Notify>,
+    /// When jobs are due, leases run out and grants expire.
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct Executor {
@@ -55,16 +61,22 @@ impl Executor {
     /// Executes one due job, or one batch of jobs that a single upstream call serves (adds to one group);
     /// `Ok(false)` when nothing was due.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
-        let now = unix_millis(SystemTime::now());
+        let now = self.ctx.clock.now_ms();
         let jobs = self.ctx.store.claim_jobs(&self.id, now, self.ctx.lease, MAX_MEMBERS_PER_PATCH).await?;
         if jobs.is_empty() {
             return Ok(false);
         }
         let jobs = self.fill(jobs).await?;
-        let results =
-            with_heartbeat(&self.ctx.store, Leased::JobsOf(&self.id), &self.id, self.ctx.lease, self.execute(&jobs))
-                .await;
-        let now = unix_millis(SystemTime::now());
+        let results = with_heartbeat(
+            &self.ctx.store,
+            &*self.ctx.clock,
+            Leased::JobsOf(&self.id),
+            &self.id,
+            self.ctx.lease,
+            self.execute(&jobs),
+        )
+        .await;
+        let now = self.ctx.clock.now_ms();
         let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
         let kept = if self.ctx.sources.values().any(|s| s.api().is_some()) {
             let report = |settled: Settled<'_>| self.report(settled);
@@ -105,7 +117,7 @@ impl Executor {
                 () = queued => {}
                 () = tokio::time::sleep((until - elapsed).min(FILL_POLL)) => {}
             }
-            let now = unix_millis(SystemTime::now());
+            let now = self.ctx.clock.now_ms();
             let room = MAX_MEMBERS_PER_PATCH - jobs.len();
             jobs = self.ctx.store.claim_more(&self.id, &key, now, self.ctx.lease, room).await?;
         }
@@ -181,7 +193,7 @@ impl Executor {
         let grant = &job.grant;
         let target: GrantTarget = serde_json::from_str(&grant.target)
             .map_err(|e| self.dead(job, format!("invalid_target: the stored target cannot be read: {e}")))?;
-        if job.kind != "grant" && job.kind != "revoke" {
+        if !matches!(job.kind.as_str(), "grant" | "revoke" | "expire") {
             return Err(self.dead(job, format!("invalid_job: unknown job kind `{}`", job.kind)));
         }
         let system = match self.ctx.sources.get(&grant.source).map(|s| s.kind()) {
@@ -204,10 +216,67 @@ impl Executor {
     #[tracing::instrument(name = "execute", skip_all, fields(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, kind = %job.kind, attempt = job.attempts))]
     async fn execute_one(&self, job: &ClaimedJob, request: &GrantRequest) -> JobResult {
         let outcome = match job.kind.as_str() {
-            "revoke" => self.ctx.providers.revoke(request).await,
+            "revoke" | "expire" => match self.end(job, request).await {
+                Ok(result) => return result,
+                Err(outcome) => outcome,
+            },
             _ => self.ctx.providers.grant(request).await,
         };
         self.settle(job, request, outcome)
+    }
+
+    /// Ends a grant (see docs/lifecycle.md): nothing while its grant job is still running; for PIM, a check that
+    /// Entra ended the assignment; otherwise a removal upstream unless another grant still needs the same access.
+    /// `Err` carries the upstream's answer for [`Executor::settle`].
+    async fn end(
+        &self,
+        job: &ClaimedJob,
+        request: &GrantRequest,
+    ) -> Result<JobResult, Result<GrantOutcome, ProviderError>> {
+        let now = self.ctx.clock.now_ms();
+        if job.grant.state == "pending" {
+            return Ok(JobResult::Retry {
+                at_ms: later(now, PENDING_RETRY),
+                error: "grant_pending: the grant is still being executed; revoking after it".into(),
+            });
+        }
+        if job.kind == "expire" {
+            return Ok(match self.ctx.providers.pim.is_assigned(request).await {
+                Ok(false) => {
+                    self.ctx.metrics.record_job(&job.grant.kind, "expired");
+                    tracing::info!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, "PIM assignment ended in Entra");
+                    JobResult::Done {
+                        grant_state: "expired",
+                        upstream_id: None,
+                        expires_at_ms: job.grant.expires_at_ms,
+                    }
+                }
+                // Entra ends it on its own clock: a little later.
+                Ok(true) if job.attempts < self.ctx.max_attempts => JobResult::Retry {
+                    at_ms: later(now, EXPIRY_RECHECK),
+                    error: "pim_still_assigned: the assignment is still active in Entra past its end".into(),
+                },
+                Ok(true) => self.dead(job, "pim_still_assigned: the assignment is still active in Entra".into()),
+                Err(e) => return Err(Err(e)),
+            });
+        }
+        match self.ctx.store.check_shared_access(job, &self.id, now).await {
+            Ok(SharedAccess::Remove) => Err(self.ctx.providers.revoke(request).await),
+            Ok(SharedAccess::Kept { note }) => {
+                self.ctx.metrics.record_job(&job.grant.kind, "kept");
+                tracing::info!(job = %job.id, grant = %job.grant.id, ticket = %job.grant.ticket_key, %note, "grant ended; the access stays for another grant");
+                Ok(JobResult::Done {
+                    grant_state: ended_state(job),
+                    upstream_id: None,
+                    expires_at_ms: job.grant.expires_at_ms,
+                })
+            }
+            Ok(SharedAccess::LeaseLost) => Ok(JobResult::Retry { at_ms: now, error: "lease lost".into() }),
+            Err(e) => Ok(JobResult::Retry {
+                at_ms: later(now, PENDING_RETRY),
+                error: format!("store_unavailable: cannot check who else needs the access: {e}"),
+            }),
+        }
     }
 
     /// The job's result from the provider's answer: done, retried later, or dead.
@@ -218,24 +287,25 @@ impl Executor {
         outcome: Result<GrantOutcome, ProviderError>,
     ) -> JobResult {
         let grant = &job.grant;
-        let now = SystemTime::now();
+        let now = self.ctx.clock.now_ms();
         match outcome {
             Ok(GrantOutcome::Granted { upstream_id, already }) => {
                 self.ctx.metrics.record_job(&grant.kind, if already { "already" } else { "granted" });
                 tracing::info!(job = %job.id, grant = %grant.id, ticket = %grant.ticket_key, already, "grant active");
-                let expires_at_ms = request.duration.map(|d| unix_millis(now + d));
+                // Added again for a grant of the same access (docs/lifecycle.md): its end stays where it was.
+                let expires_at_ms = grant.expires_at_ms.or_else(|| request.duration.map(|d| later(now, d)));
                 JobResult::Done { grant_state: "active", upstream_id, expires_at_ms }
             }
             Ok(GrantOutcome::Revoked { already_gone }) => {
                 self.ctx.metrics.record_job(&grant.kind, "revoked");
                 tracing::info!(job = %job.id, grant = %grant.id, ticket = %grant.ticket_key, already_gone, "grant revoked");
-                JobResult::Done { grant_state: "revoked", upstream_id: None, expires_at_ms: grant.expires_at_ms }
+                JobResult::Done { grant_state: ended_state(job), upstream_id: None, expires_at_ms: grant.expires_at_ms }
             }
             Err(ProviderError::Retryable { after, detail }) if job.attempts < self.ctx.max_attempts => {
                 let delay = after.unwrap_or_else(|| retry_delay(job.attempts));
                 self.ctx.metrics.record_job(&grant.kind, "retry");
                 tracing::warn!(job = %job.id, grant = %grant.id, error = %detail, retry_in_secs = delay.as_secs(), "grant postponed");
-                JobResult::Retry { at_ms: unix_millis(now + delay), error: detail }
+                JobResult::Retry { at_ms: later(now, delay), error: detail }
             }
             Err(e) => self.dead(job, describe(&e, job.attempts)),
         }
@@ -245,7 +315,9 @@ impl Executor {
     /// Nothing for a source without a ticketing API.
     fn report(&self, settled: Settled<'_>) -> Vec<NewCallback> {
         let detail = match settled {
-            Settled::Executed { decision_detail, .. } | Settled::Revoked { decision_detail, .. } => decision_detail,
+            Settled::Executed { decision_detail, .. }
+            | Settled::Revoked { decision_detail, .. }
+            | Settled::Expiring { decision_detail, .. } => decision_detail,
         };
         let Some(ticket) = TicketRef::from_decision_detail(detail) else { return Vec::new() };
         if self.ctx.sources.get(&ticket.source).is_none_or(|s| s.api().is_none()) {
@@ -266,7 +338,11 @@ impl Executor {
                 .collect()
             }
             Settled::Revoked { grant, .. } => {
-                callbacks.for_revoked(&ticket, std::slice::from_ref(grant), REVOKED_REASON).into_iter().collect()
+                let reason = ended_text(grant);
+                callbacks.for_revoked(&ticket, std::slice::from_ref(grant), &reason).into_iter().collect()
+            }
+            Settled::Expiring { grant, .. } => {
+                callbacks.for_expiring(&ticket, std::slice::from_ref(grant)).into_iter().collect()
             }
         }
     }
@@ -282,10 +358,42 @@ impl Step for Executor {
     async fn step(&self) -> Result<bool, StoreError> {
         self.run_once().await
     }
+
+    /// Until the earliest queued job is due or running lease runs out (a grant's end is a job due at its
+    /// expiry), at most `poll`: no polling of the store while nothing is due.
+    async fn idle(&self, poll: Duration) -> Duration {
+        match self.ctx.store.next_job_due_ms().await {
+            Ok(Some(due)) => {
+                let wait = due.saturating_sub(self.ctx.clock.now_ms()).max(0);
+                Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(poll)
+            }
+            Ok(None) | Err(_) => poll,
+        }
+    }
 }
 
-/// What the ticket says when access was taken away.
-const REVOKED_REASON: &str = "the access was revoked";
+/// What the ticket says when access was taken away, from the grant's `ended_reason`.
+fn ended_text(grant: &GrantRecord) -> String {
+    let reason = grant.ended_reason.as_deref().unwrap_or(REASON_EXPIRED);
+    // The note about a kept membership is for the ledger, not the requester.
+    let reason = reason.split(KEPT_SEPARATOR).next().unwrap_or(reason);
+    if grant.state == "expired" || reason == REASON_EXPIRED {
+        "the access expired; an extension needs a new request and a new approval".to_string()
+    } else if let Some(action) = reason.strip_prefix("withdrawn: ") {
+        format!("the request was withdrawn (the ticket was {action})")
+    } else if let Some(why) = reason.strip_prefix("operator: ") {
+        format!("an administrator revoked it: {why}")
+    } else {
+        "the access was revoked".to_string()
+    }
+}
+
+/// Between an ending reason and the note naming the grant that keeps the access.
+const KEPT_SEPARATOR: &str = "; kept for grant ";
+/// A revocation waiting for its grant job to finish looks again after this.
+const PENDING_RETRY: Duration = Duration::from_secs(5);
+/// A PIM assignment still listed past its end (clocks differ) is looked at again after this.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
 
 /// The stable code a failed grant's error starts with (see [`describe`]).
 fn failure_code(error: &str) -> &str {

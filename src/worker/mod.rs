@@ -9,19 +9,22 @@ pub use listen::spawn as listen_for_work;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::callbacks::{CallbackSettings, CallbackerContext, TicketRef, spawn_callbackers};
+use crate::clock::Clock;
 use crate::config::WorkerSettings;
 use crate::decide::{Decided, Decider};
 use crate::domain::{Decision, Refusal, RefusalCode};
+use crate::inbound::Source;
 use crate::inbound::normalize::{Normalized, normalize};
-use crate::inbound::{Source, unix_millis};
 use crate::metrics::Metrics;
-use crate::store::{ClaimedEvent, DecisionRecord, Leased, NewGrant, Store, StoreError, StoredDecision, batch_key};
+use crate::store::{
+    ClaimedEvent, DecisionRecord, Leased, NewGrant, Store, StoreError, StoredDecision, Withdrawal, batch_key,
+};
 
 /// What a worker needs; shared by all workers of a process.
 pub struct WorkerContext {
@@ -40,6 +43,8 @@ pub struct WorkerContext {
     pub callbacks: Arc<CallbackSettings>,
     /// Notified when callbacks were enqueued.
     pub callbacks_wake: Arc<Notify>,
+    /// When events are due and decisions are made: the start of a grant's time, hence its expiry.
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct Worker {
@@ -56,14 +61,15 @@ impl Worker {
     /// Claims up to [`DECIDE_BATCH`] events, decides them concurrently, and records every decision in one
     /// transaction; `Ok(false)` when there was nothing to do.
     pub async fn run_once(&self) -> Result<bool, StoreError> {
-        let now = unix_millis(SystemTime::now());
+        let now = self.ctx.clock.now_ms();
         let events = self.ctx.store.claim_events(&self.id, now, self.ctx.settings.lease, DECIDE_BATCH).await?;
         if events.is_empty() {
             return Ok(false);
         }
         let lease = self.ctx.settings.lease;
         let decide_all = futures_util::future::join_all(events.iter().map(|event| self.decide(event)));
-        let outcomes = with_heartbeat(&self.ctx.store, Leased::EventsOf(&self.id), &self.id, lease, decide_all).await;
+        let (store, clock) = (&self.ctx.store, &*self.ctx.clock);
+        let outcomes = with_heartbeat(store, clock, Leased::EventsOf(&self.id), &self.id, lease, decide_all).await;
         let mut records = Vec::with_capacity(events.len());
         let mut labels = Vec::with_capacity(events.len());
         for (event, outcome) in events.iter().zip(outcomes) {
@@ -122,7 +128,7 @@ impl Worker {
             Err(transient) if event.attempts < ctx.settings.max_attempts => {
                 let delay = retry_delay(event.attempts);
                 tracing::warn!(error = %transient, retry_in_secs = delay.as_secs(), "deciding postponed");
-                Outcome::Postponed { at_ms: unix_millis(SystemTime::now() + delay) }
+                Outcome::Postponed { at_ms: later(ctx.clock.now_ms(), delay) }
             }
             Err(transient) => {
                 let message = format!("gave up after {} attempts: {transient}", event.attempts);
@@ -147,9 +153,23 @@ impl Worker {
             code,
             ticket_key: decided.ticket.as_ref().map(|t| t.ticket_key.clone()),
             detail: serde_json::to_string(&decided).unwrap_or_else(|_| "{}".to_string()),
-            decided_at_ms: unix_millis(SystemTime::now()),
+            decided_at_ms: self.ctx.clock.now_ms(),
         };
-        let grants = grants_to_execute(&event.source, &decided);
+        let policy = &self.ctx.decider.policy;
+        let grants = grants_to_execute(&event.source, &decided, |rule| {
+            policy.rule(rule).and_then(|r| r.notify_before_expiry()).and_then(|d| i64::try_from(d.as_secs()).ok())
+        });
+        let withdraw = decided.ticket.as_ref().and_then(|t| {
+            let action = t.action.as_str();
+            let rules: Vec<String> =
+                policy.rules().iter().filter(|r| r.withdraws_on(action)).map(|r| r.name().to_string()).collect();
+            (!rules.is_empty()).then(|| Withdrawal {
+                source: event.source.clone(),
+                ticket_key: t.ticket_key.clone(),
+                action: action.to_string(),
+                rules,
+            })
+        });
         let callbacks = match (&decided.ticket, self.ctx.sources.get(&event.source)) {
             // Only where there is a ticketing API to post with.
             (Some(ticket), Some(source)) if source.api().is_some() => {
@@ -162,7 +182,7 @@ impl Worker {
             }
             _ => Vec::new(),
         };
-        DecisionRecord { event: event.id, state: decided.state(), decision, grants, callbacks }
+        DecisionRecord { event: event.id, state: decided.state(), decision, grants, callbacks, withdraw }
     }
 }
 
@@ -190,6 +210,7 @@ fn decision_label(decision: &Decision) -> &'static str {
 /// (a long Retry-After) never make another worker take over work that is still in progress.
 pub(crate) async fn with_heartbeat<T>(
     store: &Store,
+    clock: &dyn Clock,
     what: Leased<'_>,
     owner: &str,
     lease: Duration,
@@ -202,7 +223,7 @@ pub(crate) async fn with_heartbeat<T>(
         tokio::select! {
             result = &mut work => return result,
             _ = ticker.tick() => {
-                let until = unix_millis(SystemTime::now() + lease);
+                let until = later(clock.now_ms(), lease);
                 match store.extend_lease(what, owner, until).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("lease lost during the work; its outcome will be discarded"),
@@ -214,7 +235,7 @@ pub(crate) async fn with_heartbeat<T>(
 }
 
 /// The ledger rows a plan asks for; a dry run asks for none.
-fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
+fn grants_to_execute(source: &str, decided: &Decided, notify_before: impl Fn(&str) -> Option<i64>) -> Vec<NewGrant> {
     let (Decision::Plan(plan), Some(ticket)) = (&decided.decision, &decided.ticket) else { return Vec::new() };
     let Some(principal) = plan.principal.as_ref().filter(|_| !plan.dry_run) else { return Vec::new() };
     plan.grants
@@ -229,6 +250,7 @@ fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
             label: g.label.clone(),
             principal_id: principal.object_id.clone(),
             requested_duration_secs: g.duration.and_then(|d| i64::try_from(d.as_secs()).ok()),
+            notify_before_secs: g.duration.and_then(|_| notify_before(&g.rule)),
             batch_key: batch_key(g.target.kind(), &g.target),
         })
         .collect()
@@ -238,6 +260,11 @@ fn grants_to_execute(source: &str, decided: &Decided) -> Vec<NewGrant> {
 pub(crate) trait Step {
     /// Does one due unit of work; `Ok(false)` when there was none.
     async fn step(&self) -> Result<bool, StoreError>;
+
+    /// How long to wait, when idle, before looking again unless woken: at most `poll`.
+    async fn idle(&self, poll: Duration) -> Duration {
+        poll
+    }
 }
 
 impl Step for Worker {
@@ -275,12 +302,18 @@ pub(crate) async fn run_until_stopped(
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "cannot reach the store"),
         }
+        let wait = work.idle(poll).await;
         tokio::select! {
             () = &mut notified => {}
-            () = tokio::time::sleep(poll) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// `now_ms` plus `delay`, in milliseconds.
+pub(crate) fn later(now_ms: i64, delay: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// 5 s, 10 s, 20 s ... up to 10 minutes, with jitter so that replicas do not retry in step.

@@ -227,6 +227,12 @@ fn admin_routes(event_id: &str) -> Vec<Route> {
         success: StatusCode::ACCEPTED,
         ..route(Method::POST, "/v1/events/{id}/replay", format!("/v1/events/{event_id}/replay"), None)
     });
+    let reason = serde_json::to_vec(&json!({"reason": "left the team"})).unwrap();
+    routes.push(Route {
+        operate: true,
+        success: StatusCode::NOT_FOUND,
+        ..route(Method::POST, "/v1/grants/{id}/revoke", "/v1/grants/no-such-grant/revoke".into(), Some(reason))
+    });
     let documented: BTreeSet<String> =
         spec()["paths"].as_object().unwrap().keys().filter(|p| p.starts_with("/v1/")).cloned().collect();
     let tested: BTreeSet<String> = routes.iter().map(|r| r.template.to_string()).collect();
@@ -523,6 +529,7 @@ fn grant(id: &str, ticket: &str, principal: &str, target: Value) -> NewGrant {
         label: format!("grant {id}"),
         principal_id: principal.into(),
         requested_duration_secs: Some(3600),
+        notify_before_secs: None,
         batch_key: None,
     }
 }

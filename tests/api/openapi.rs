@@ -11,13 +11,14 @@ use sqlx::Connection;
 
 use crate::admin::{entra_section, entra_token};
 use crate::common::{Backend, TempDir, sign};
-use crate::helpers::{JIRA_SECRET, READ_TOKEN, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{JIRA_SECRET, OPERATE_TOKEN, READ_TOKEN, TestApp, spawn_app, spawn_app_with};
 
 const HTTP_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 /// Codes that a black-box test cannot provoke cheaply, or that another test provokes (`event_being_decided`: a
-/// replay while a worker holds the event, in `operate.rs`); they must still be in `ApiError::code()`.
-const NOT_PROVOKED: [&str; 3] = ["not_ready", "unreadable_body", "event_being_decided"];
+/// replay while a worker holds the event, in `operate.rs`; `grant_not_active`: revoking a pending grant, in
+/// tests/decide/lifecycle.rs); they must still be in `ApiError::code()`.
+const NOT_PROVOKED: [&str; 4] = ["not_ready", "unreadable_body", "event_being_decided", "grant_not_active"];
 
 const PLAN: &str = "/v1/plan";
 
@@ -391,6 +392,13 @@ async fn the_error_code_enum_is_exactly_what_the_app_answers() {
     provoked.push(("get", "/v1/events/{id}", body_for_readers));
     let no_run = admin_get(format!("/v1/reconcile/runs/{some_event}"), Some(READ_TOKEN)).await;
     provoked.push(("get", "/v1/reconcile/runs/{id}", no_run));
+    let revoke = "/v1/grants/{id}/revoke";
+    let post_revoke = |body: &'static str| {
+        let request = app.client.post(app.url("/v1/grants/no-such-grant/revoke")).bearer_auth(OPERATE_TOKEN).body(body);
+        async move { Answer::from(request.header("Content-Type", "application/json").send().await.unwrap()).await }
+    };
+    provoked.push(("post", revoke, post_revoke(r#"{"why": "left"}"#).await));
+    provoked.push(("post", revoke, post_revoke(r#"{"reason": "left the team"}"#).await));
     let nowhere = Answer::from(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
     assert_eq!((nowhere.status, nowhere.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(app.event_count().await, 0, "no error leaves an event behind");
@@ -459,6 +467,8 @@ group_id = "6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90"
         "invalid_cursor",
         "unknown_event",
         "auth_unavailable",
+        "invalid_body",
+        "unknown_grant",
         "unknown_reconcile_run",
     ];
     assert_eq!(codes, expected.iter().map(|c| c.to_string()).collect(), "each request provokes its own code");

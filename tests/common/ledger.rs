@@ -77,6 +77,7 @@ impl Ledger {
             label: "seeded".into(),
             principal_id: principal.into(),
             requested_duration_secs: None,
+            notify_before_secs: None,
             batch_key: batch_key(target.kind(), target),
         };
         let decision = StoredDecision {

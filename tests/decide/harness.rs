@@ -183,10 +183,21 @@ auth = {{ kind = "basic", user = "grantbridge", password = {{ file = "{password}
 
 /// The app on a random port with `config(fakes, _, workers_extra, rest)`, serving in the background.
 pub async fn spawn(backend: Backend, fakes: &Fakes, workers_extra: &str, rest: &str) -> TestApp {
+    spawn_with_clock(backend, fakes, workers_extra, rest, grantbridge::clock::system()).await
+}
+
+/// [`spawn`] with workers that judge due jobs, leases and expiry by `clock` (a `ManualClock` moves time).
+pub async fn spawn_with_clock(
+    backend: Backend,
+    fakes: &Fakes,
+    workers_extra: &str,
+    rest: &str,
+    clock: std::sync::Arc<dyn grantbridge::clock::Clock>,
+) -> TestApp {
     let db = TestDb::new(backend).await;
     let dir = TempDir::new();
     let settings = settings_from(&config(fakes, &dir, workers_extra, rest), &db);
-    let app = Application::build(settings).await.unwrap();
+    let app = Application::build_with_clock(settings, clock).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let worker = app.worker();
     let executor = app.executor().expect("an Entra tenant is configured");

@@ -7,6 +7,7 @@ mod common;
 
 mod confirmation;
 mod harness;
+mod lifecycle;
 mod normalize;
 mod pipeline;
 mod reconcile;

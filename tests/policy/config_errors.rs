@@ -209,6 +209,11 @@ fn each_problem_names_the_rule_and_the_key() {
             "the same target as grants[0]",
         ),
         (broken("", &group("label = \"\"")), format!("{r}.grants[0].label"), "1-200 printable"),
+        (
+            broken("withdraw_on = [\"cancelled\", \"updated\"]", &group("")),
+            format!("{r}.withdraw_on"),
+            "`updated` is not a ticket action that can withdraw a request; use cancelled, rejected, reopened, closed",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (text, location, message) in cases {
@@ -314,6 +319,8 @@ options = {{ dev = {{ group_id = "{DEV_GROUP}", label = "App Dev" }}, prod = {{ 
     assert_eq!(rule.max_duration(), Some(hours(24)));
     assert_eq!(rule.default_duration(), Some(hours(8)));
     assert_eq!(rule.notify_before_expiry(), Some(hours(1)));
+    assert!(["cancelled", "rejected", "reopened"].iter().all(|a| rule.withdraws_on(a)), "the default withdraw_on");
+    assert!(!rule.withdraws_on("closed"), "closing a fulfilled request keeps its access unless the rule says so");
     assert_eq!(rule.approver_group(), Some(APPROVERS_GROUP));
     assert!(rule.requires_confirmation());
     assert_eq!(rule.min_approvals(), 1);
@@ -329,4 +336,20 @@ fn errors_without_an_origin_start_with_the_key() {
     let file: File = toml::from_str(&with_rule("name = \"b\"\nsources = [\"jira\"]\n")).unwrap();
     let err = file.policy.build("", &SOURCES).unwrap_err().to_string();
     assert!(err.starts_with("policy.rules[1] (b).grants: "), "{err}");
+}
+
+#[test]
+fn withdraw_on_names_the_ticket_actions_that_end_a_rules_grants() {
+    let p = build(&with_rule(&format!(
+        "name = \"closing\"\nrequest_types = [\"X\"]\nwithdraw_on = [\"Closed\", \"cancelled\"]\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"{PORTAL_GROUP}\"\n"
+    )))
+    .unwrap();
+    let rule = p.rule("closing").unwrap();
+    assert!(rule.withdraws_on("closed") && rule.withdraws_on("cancelled"));
+    assert!(!rule.withdraws_on("rejected") && !rule.withdraws_on("reopened"), "the list replaces the default");
+    let never = build(&with_rule(&format!(
+        "name = \"never\"\nrequest_types = [\"X\"]\nwithdraw_on = []\n[[policy.rules.grants]]\nkind = \"group_member\"\ngroup_id = \"{PORTAL_GROUP}\"\n"
+    )))
+    .unwrap();
+    assert!(!never.rule("never").unwrap().withdraws_on("cancelled"));
 }

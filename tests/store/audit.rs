@@ -321,7 +321,7 @@ fn stored(outcome: &str, code: Option<&str>, ticket: Option<&str>, detail: &str,
 }
 
 fn record(event: EventId, state: &'static str, decision: StoredDecision, grants: Vec<NewGrant>) -> DecisionRecord {
-    DecisionRecord { event, state, decision, grants, callbacks: Vec::new() }
+    DecisionRecord { event, state, decision, grants, callbacks: Vec::new(), withdraw: None }
 }
 
 fn detail(r: &AuditRecord) -> Value {

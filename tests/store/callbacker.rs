@@ -112,6 +112,7 @@ fn context(store: &Store, deliverer: Deliverer, max_attempts: i64) -> Arc<Callba
         max_retry_after: Duration::from_secs(3600),
         metrics: Arc::new(Metrics::default()),
         wake: Arc::new(Notify::new()),
+        clock: grantbridge::clock::system(),
     })
 }
 

@@ -7,6 +7,7 @@ mod reconcile;
 
 mod callbacker;
 mod callbacks;
+mod lifecycle;
 
 mod audit;
 
@@ -318,6 +319,7 @@ fn new_grant(id: &str, ticket: &str) -> grantbridge::store::NewGrant {
         label: "EPM - User Portal Access".into(),
         principal_id: "aaaaaaaa-1111-4111-8111-111111111111".into(),
         requested_duration_secs: Some(8 * 3600),
+        notify_before_secs: None,
         batch_key: Some("group_member:6f3c1a52-0d3e-4b8c-9f0a-2b7d4e5c1a90".into()),
     }
 }
@@ -371,12 +373,12 @@ both_backends! {
         assert!(store.claim_job("c", 2_000, lease).await.unwrap().is_none());
         assert_eq!((a.kind.as_str(), a.attempts), ("grant", 1));
 
-        let done = JobResult::Done { grant_state: "active", upstream_id: Some("req-1".into()), expires_at_ms: Some(9_000) };
+        let done = JobResult::Done { grant_state: "active", upstream_id: Some("req-1".into()), expires_at_ms: Some(900_000) };
         assert!(!store.finish_job(&a, "b", &done, 2_500).await.unwrap(), "only the lease holder finishes a job");
         assert!(store.finish_job(&a, "a", &done, 2_500).await.unwrap());
         assert!(!store.finish_job(&a, "a", &done, 2_600).await.unwrap(), "finished once");
         let granted = store.grant(&a.grant.id).await.unwrap().unwrap();
-        assert_eq!((granted.state.as_str(), granted.upstream_id.as_deref(), granted.expires_at_ms), ("active", Some("req-1"), Some(9_000)));
+        assert_eq!((granted.state.as_str(), granted.upstream_id.as_deref(), granted.expires_at_ms), ("active", Some("req-1"), Some(900_000)));
 
         let retry = JobResult::Retry { at_ms: 5_000, error: "429 TooManyRequests".into() };
         assert!(store.finish_job(&b, "b", &retry, 2_500).await.unwrap());
@@ -394,6 +396,9 @@ both_backends! {
         let letters = store.dead_jobs(10).await.unwrap();
         assert_eq!(letters, vec![(b.id.clone(), b.grant.id.clone(), Some("403 Authorization_RequestDenied".into()))]);
         assert!(store.claim_job("d", 100_000, lease).await.unwrap().is_none(), "done and dead jobs are never claimed");
+        // The grant's end was queued with it: a revoke job due at its expiry.
+        let end = store.claim_job("d", 900_000, lease).await.unwrap().expect("the revoke job, due at the expiry");
+        assert_eq!((end.kind.as_str(), end.grant.id.as_str(), end.reason.as_deref()), ("revoke", a.grant.id.as_str(), Some("expired")));
     }
 }
 
@@ -418,9 +423,9 @@ both_backends! {
         assert_eq!(c.iter().map(|e| e.id).collect::<Vec<_>>(), a.iter().map(|e| e.id).collect::<Vec<_>>(), "the expired batch is taken over whole");
         let mut records: Vec<DecisionRecord> = b
             .iter()
-            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")], callbacks: vec![] })
+            .map(|e| DecisionRecord { event: e.id, state: "decided", decision: decision("plan"), grants: vec![new_grant(&format!("g-{}", e.id), "ACC-1")], callbacks: vec![], withdraw: None })
             .collect();
-        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![], callbacks: vec![] });
+        records.push(DecisionRecord { event: c[0].id, state: "decided", decision: decision("plan"), grants: vec![], callbacks: vec![], withdraw: None });
         let kept = store.record_decisions(&records, "worker-b").await.unwrap();
         assert_eq!(kept, [true, true, false]);
         assert_eq!(count(&store, "decisions").await, 2);

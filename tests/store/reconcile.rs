@@ -57,12 +57,11 @@ both_backends! {
         // Another writer's JSON: keys reordered, spaced, the id in upper case.
         let reordered = format!(r#"{{ "group_id" : "{}", "kind" : "group_member" }}"#, GROUP.to_ascii_uppercase());
         execute(&store, "UPDATE grants SET target = $1 WHERE id = $2", &[&reordered, &rewritten]).await;
-        // A revocation under way.
+        // A revocation under way: the revoke job queued for the grant's expiry, brought forward by a withdrawal.
         execute(
             &store,
-            "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, 'revoke', 'queued', 0, 0, 0)",
-            &[&uuid::Uuid::now_v7().to_string(), &plain],
+            "UPDATE jobs SET reason = 'withdrawn: cancelled', next_attempt_at_ms = 0 WHERE grant_id = $1 AND kind = $2",
+            &[&plain, "revoke"],
         )
         .await;
         let pending = ledger.grant("portal", &member, &user(7), Seeded::Pending).await;

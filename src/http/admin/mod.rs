@@ -6,6 +6,7 @@ pub mod config;
 mod operate;
 mod params;
 mod reconcile;
+mod revoke;
 mod views;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -28,6 +29,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_only("/v1/audit", operate::list_audit))
         .service(get_only("/v1/audit/head", operate::audit_head))
         .service(web::resource("/v1/events/{id}/replay").route(web::post().to(operate::replay)).default_service(
+            web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
+        ))
+        .service(web::resource("/v1/grants/{id}/revoke").route(web::post().to(revoke::revoke)).default_service(
             web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) }),
         ));
     reconcile::routes(cfg);

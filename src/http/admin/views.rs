@@ -126,6 +126,9 @@ pub struct GrantView {
     last_error: Option<String>,
     created_at_ms: i64,
     updated_at_ms: i64,
+    ended_reason: Option<String>,
+    ended_by: Option<String>,
+    ended_at_ms: Option<i64>,
 }
 
 impl From<GrantRecord> for GrantView {
@@ -147,6 +150,9 @@ impl From<GrantRecord> for GrantView {
             last_error: g.last_error,
             created_at_ms: g.created_at_ms,
             updated_at_ms: g.updated_at_ms,
+            ended_reason: g.ended_reason,
+            ended_by: g.ended_by,
+            ended_at_ms: g.ended_at_ms,
         }
     }
 }
