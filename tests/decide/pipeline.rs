@@ -504,3 +504,22 @@ both_backends! {
         assert!(ledger.iter().all(|g| g.state == "active"), "{ledger:?}");
     }
 }
+
+both_backends! {
+    async fn a_body_holding_a_nul_is_ignored_and_does_not_hold_up_its_batch(backend: Backend) {
+        // PostgreSQL cannot store a NUL in a text column: a ticket key holding one must not fail the transaction
+        // that records the whole batch of decisions, again and again.
+        let fakes = fakes().await;
+        servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
+        let app = spawn(backend, &fakes, "", "").await;
+        let mut hostile = json_fixture("servicenow/ritm-approved.json");
+        hostile["number"] = json!("RITM0010001\u{0}");
+        hostile["sys_id"] = json!("9d385017c611228701d22104cc95c372");
+        let hostile = app.deliver_body("servicenow", hostile.to_string()).await;
+        let fine = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+        let ignored = app.decision(&hostile).await;
+        assert_eq!(ignored["decision"]["outcome"], "ignored", "{ignored}");
+        assert!(ignored["decision"]["reason"].as_str().unwrap().contains("NUL"), "{ignored}");
+        assert_eq!(app.outcome(&fine).await["outcome"], "plan");
+    }
+}

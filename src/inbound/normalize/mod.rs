@@ -107,6 +107,10 @@ pub fn normalize(
     let Ok(value) = serde_json::from_str::<Value>(body) else {
         return Normalized::Ignored("the stored body is not JSON".into());
     };
+    if holds_nul(&value) {
+        // No ticketing system sends one; PostgreSQL cannot store one in a text column.
+        return Normalized::Ignored("the body holds a NUL character (\\u0000)".into());
+    }
     let header = Header { source, delivery_id, received_at_ms };
     let result = match mapping.kind {
         SourceKind::Jira => jira::normalize(&header, &mapping.config, &value),
@@ -115,6 +119,16 @@ pub fn normalize(
     match result {
         Ok(ticket) => Normalized::Ticket(Box::new(ticket)),
         Err(reason) => Normalized::Ignored(reason),
+    }
+}
+
+/// Whether any string or key in `value` holds a NUL character.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
