@@ -6,7 +6,7 @@ use grantbridge::startup::Application;
 use grantbridge::store::Store;
 use grantbridge::worker::{Executor, Worker};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::common::entra::{entra_table, token_endpoint};
@@ -290,4 +290,41 @@ pub async fn group_member_writes_throttled(fakes: &Fakes, throttled: u64) {
         .with_priority(2)
         .mount(&fakes.entra)
         .await;
+}
+
+/// Jira's answers to what a callback reads and does, for any issue: the transitions offered (`Pending`,
+/// `Resolve this issue`) and made, and the issue's comments (none yet, so a marker is never found).
+pub async fn jira_callbacks_answered(fakes: &Fakes) {
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/rest/api/3/issue/[^/]+/transitions$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "expand": "transitions",
+            "transitions": [
+                {"id": "21", "name": "Pending", "to": {"id": "10003", "name": "Pending"}},
+                {"id": "31", "name": "Resolve this issue", "to": {"id": "10004", "name": "Resolved"}}
+            ]
+        })))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/rest/api/3/issue/[^/]+/transitions$"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fakes.jira)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/rest/api/3/issue/[^/]+/comment$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"startAt": 0, "maxResults": 100, "total": 0, "comments": []})),
+        )
+        .mount(&fakes.jira)
+        .await;
+}
+
+/// JSM answers a new request comment with 201 and the comment.
+pub fn comment_created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "id": "1000", "body": "(posted)", "public": false, "author": {"accountId": "bot"},
+        "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
+    }))
 }

@@ -17,7 +17,8 @@ use crate::both_backends;
 use crate::common::Backend;
 use crate::common::entra::{PORTAL_LABEL, assigned_group};
 use crate::harness::{
-    Fakes, PORTAL_GROUP, RILEY_ID, TestApp, group_member_writes_accepted, json_fixture, spawn_with_clock,
+    Fakes, PORTAL_GROUP, RILEY_ID, TestApp, comment_created, group_member_writes_accepted, jira_callbacks_answered,
+    json_fixture, spawn_with_clock,
 };
 
 const PIM_GROUP: &str = "7a4d2b63-1e4f-4c9d-8a1b-3c8e5f6d2b01";
@@ -34,14 +35,6 @@ async fn fakes() -> Fakes {
     assigned_group(&fakes.entra, PORTAL_GROUP, PORTAL_LABEL).await;
     assigned_group(&fakes.entra, PIM_GROUP, "Billing Administrators").await;
     fakes
-}
-
-/// JSM answers a new request comment with 201 and the comment.
-fn comment_created() -> ResponseTemplate {
-    ResponseTemplate::new(201).set_body_json(json!({
-        "id": "1000", "body": "(posted)", "public": true, "author": {"accountId": "bot"},
-        "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
-    }))
 }
 
 /// Every request to `server` other than a GET.
@@ -128,27 +121,7 @@ async fn jira_approves(fakes: &Fakes) {
             .mount(&fakes.jira)
             .await;
     }
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/rest/api/3/issue/[^/]+/transitions$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "expand": "transitions",
-            "transitions": [{"id": "31", "name": "Resolve this issue", "to": {"id": "10004", "name": "Resolved"}}]
-        })))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/rest/api/3/issue/[^/]+/transitions$"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/rest/api/3/issue/[^/]+/comment$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"startAt": 0, "maxResults": 100, "total": 0, "comments": []})),
-        )
-        .mount(&fakes.jira)
-        .await;
+    jira_callbacks_answered(fakes).await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/rest/servicedeskapi/request/[^/]+/comment$"))
         .respond_with(comment_created())

@@ -11,8 +11,8 @@ use crate::both_backends;
 use crate::common::entra::{assigned_group, portal_rule};
 use crate::common::{Backend, fixture};
 use crate::harness::{
-    Fakes, PORTAL_GROUP, RILEY_ID, SYS_ID, TestApp, group_member_writes_accepted, group_member_writes_throttled,
-    jira_issue, jira_reads, json_fixture, servicenow_reads,
+    Fakes, PORTAL_GROUP, RILEY_ID, SYS_ID, TestApp, comment_created, group_member_writes_accepted,
+    group_member_writes_throttled, jira_callbacks_answered, jira_issue, jira_reads, json_fixture, servicenow_reads,
 };
 
 mod replay;
@@ -73,38 +73,7 @@ async fn servicenow_says(fakes: &Fakes, record: &str) {
 /// Jira: the request's approvals and the issue read back, the comments, transitions offered and made.
 async fn jira_says(fakes: &Fakes, approvals: Value, issue: Value) {
     jira_reads(fakes, approvals, issue).await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/transitions$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "expand": "transitions",
-            "transitions": [
-                {"id": "21", "name": "Pending", "to": {"id": "10003", "name": "Pending"}},
-                {"id": "31", "name": "Resolve this issue", "to": {"id": "10004", "name": "Resolved"}}
-            ]
-        })))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/transitions$"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&fakes.jira)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/rest/api/3/issue/(10042|ACCESS-42)/comment$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"startAt": 0, "maxResults": 100, "total": 0, "comments": []})),
-        )
-        .mount(&fakes.jira)
-        .await;
-}
-
-/// JSM answers a new request comment with 201 and the comment.
-fn comment_created() -> ResponseTemplate {
-    ResponseTemplate::new(201).set_body_json(json!({
-        "id": "1000", "body": "(posted)", "public": false, "author": {"accountId": "bot"},
-        "created": {"iso8601": "2026-11-28T09:05:00+0000", "epochMillis": 1764320700000u64}
-    }))
+    jira_callbacks_answered(fakes).await;
 }
 
 async fn jsm_comments_accepted(fakes: &Fakes) {
