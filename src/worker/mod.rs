@@ -84,18 +84,25 @@ impl Worker {
         if records.is_empty() {
             return Ok(true);
         }
-        let kept = self.ctx.store.record_decisions(&records, &self.id).await?;
-        if records.iter().zip(&kept).any(|(r, k)| *k && !r.callbacks.is_empty()) {
+        let kept = match self.ctx.store.record_decisions(&records, &self.id).await {
+            Ok(kept) => kept.into_iter().map(Recorded::from).collect(),
+            Err(e) if records.len() > 1 => {
+                tracing::warn!(error = %e, events = records.len(), "a batch of decisions could not be recorded: recording them one by one");
+                self.record_one_by_one(&records, &labels).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if records.iter().zip(&kept).any(|(r, k)| *k == Recorded::Kept && !r.callbacks.is_empty()) {
             self.ctx.callbacks_wake.notify_one();
         }
         let mut queued_jobs = 0;
         for ((record, (event, label)), kept) in records.iter().zip(&labels).zip(kept) {
             let decision = &record.decision;
-            if kept {
+            if kept == Recorded::Kept {
                 queued_jobs += record.grants.len();
                 self.ctx.metrics.record_decision(&event.source, label);
                 tracing::info!(event_id = %event.id, source = %event.source, outcome = %decision.outcome, code = decision.code.as_deref(), ticket = decision.ticket_key.as_deref(), "event decided");
-            } else {
+            } else if kept == Recorded::LeaseLost {
                 tracing::warn!(event_id = %event.id, "lease lost while deciding: another worker took the event over; this decision is dropped");
             }
         }
@@ -108,6 +115,30 @@ impl Worker {
             self.ctx.jobs_queued.notify_one();
         }
         Ok(true)
+    }
+
+    /// After a batch failed to record: each decision in a transaction of its own, so that one the store refuses
+    /// does not hold up the others. The event of a refused one is released and decided again after a back-off.
+    async fn record_one_by_one(
+        &self,
+        records: &[DecisionRecord],
+        labels: &[(&ClaimedEvent, &'static str)],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let mut kept = Vec::with_capacity(records.len());
+        for (record, (event, _)) in records.iter().zip(labels) {
+            match self.ctx.store.record_decisions(std::slice::from_ref(record), &self.id).await {
+                Ok(one) => kept.push(one.first().copied().map_or(Recorded::LeaseLost, Recorded::from)),
+                Err(e) => {
+                    let delay = retry_delay(event.attempts);
+                    tracing::error!(event_id = %event.id, error = %e, retry_in_secs = delay.as_secs(), "the decision of this event could not be recorded; it is decided again later");
+                    let at_ms =
+                        self.ctx.clock.now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    self.ctx.store.release_event(event.id, &self.id, at_ms).await?;
+                    kept.push(Recorded::Refused);
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// Decides everything that is due, then returns: what tests call instead of sleeping.
@@ -183,6 +214,22 @@ impl Worker {
             _ => Vec::new(),
         };
         DecisionRecord { event: event.id, state: decided.state(), decision, grants, callbacks, withdraw }
+    }
+}
+
+/// How recording one decision went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Kept,
+    /// Another worker holds the event now: this decision is dropped.
+    LeaseLost,
+    /// The store refused it: the event is decided again later.
+    Refused,
+}
+
+impl From<bool> for Recorded {
+    fn from(kept: bool) -> Recorded {
+        if kept { Recorded::Kept } else { Recorded::LeaseLost }
     }
 }
 

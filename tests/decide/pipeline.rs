@@ -523,3 +523,48 @@ both_backends! {
         assert_eq!(app.outcome(&fine).await["outcome"], "plan");
     }
 }
+
+/// Makes the store refuse to record a decision about a ticket whose key holds `POISON`.
+async fn refuse_poisoned_decisions(store: &grantbridge::store::Store) {
+    match store {
+        grantbridge::store::Store::Sqlite(sqlite) => {
+            sqlx::raw_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON decisions WHEN NEW.ticket_key LIKE '%POISON%'
+                 BEGIN SELECT RAISE(ABORT, 'poison refused'); END;",
+            )
+            .execute(&sqlite.pool)
+            .await
+            .unwrap();
+        }
+        grantbridge::store::Store::Postgres(pool) => {
+            sqlx::raw_sql(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.ticket_key LIKE '%POISON%' THEN RAISE EXCEPTION 'poison refused'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON decisions FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+both_backends! {
+    async fn a_decision_the_store_refuses_does_not_hold_up_its_batch(backend: Backend) {
+        let fakes = fakes().await;
+        servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
+        let app = spawn(backend, &fakes, "", "").await;
+        refuse_poisoned_decisions(&app.store).await;
+        let mut poisoned = json_fixture("servicenow/ritm-approved.json");
+        poisoned["number"] = json!("RITM-POISON-1");
+        let poisoned = app.deliver_body("servicenow", poisoned.to_string()).await;
+        let fine = app.deliver("servicenow", "servicenow/ritm-approved.json").await;
+        app.worker.run_pending().await.unwrap();
+        assert_eq!(app.outcome(&fine).await["outcome"], "plan", "the other decision of the batch is recorded");
+        let id = grantbridge::domain::EventId::parse(&poisoned).unwrap();
+        assert!(app.store.decision(id).await.unwrap().is_none());
+        let event = app.store.event(id).await.unwrap().unwrap();
+        assert_eq!(event.state, "received", "released to be decided again after a back-off");
+        assert_eq!(app.worker.run_pending().await.unwrap(), 0, "not due again at once");
+    }
+}
