@@ -130,6 +130,7 @@ impl Application {
             Arc::new(ExecutorContext {
                 store: store.clone(),
                 providers,
+                reports_to_tickets: sources.values().any(|s| s.api().is_some()),
                 sources: sources.clone(),
                 lease: settings.workers.lease,
                 poll: settings.workers.poll,

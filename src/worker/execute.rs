@@ -32,6 +32,8 @@ pub struct ExecutorContext {
     pub store: Store,
     pub providers: Providers,
     pub sources: HashMap<String, Arc<Source>>,
+    /// Whether any source has a ticketing API to post outcomes to; without one, nothing is reported.
+    pub reports_to_tickets: bool,
     pub lease: Duration,
     pub poll: Duration,
     pub max_attempts: i64,
@@ -78,7 +80,7 @@ impl Executor {
         .await;
         let now = self.ctx.clock.now_ms();
         let outcomes: Vec<(&ClaimedJob, JobResult)> = jobs.iter().zip(results).collect();
-        let kept = if self.ctx.sources.values().any(|s| s.api().is_some()) {
+        let kept = if self.ctx.reports_to_tickets {
             let report = |settled: Settled<'_>| self.report(settled);
             let (kept, callbacks) =
                 self.ctx.store.finish_jobs_reporting(&outcomes, &self.id, now, Some(&report)).await?;
