@@ -14,8 +14,8 @@ use super::templates::CallbackSettings;
 use crate::clock::Clock;
 use crate::inbound::Source;
 use crate::metrics::Metrics;
-use crate::store::{CallbackResult, ClaimedCallback, Store, StoreError};
-use crate::worker::{Step, drain, later, run_until_stopped};
+use crate::store::{CallbackResult, ClaimedCallback, Leased, Store, StoreError};
+use crate::worker::{Step, drain, later, run_until_stopped, with_heartbeat};
 
 /// What callbackers need; shared by all callbackers of a process.
 pub struct CallbackerContext {
@@ -100,8 +100,15 @@ impl Callbacker {
         let ctx = &self.ctx;
         let now = ctx.clock.now_ms();
         let Some(claimed) = ctx.store.claim_callback(&self.id, now, ctx.lease).await? else { return Ok(false) };
-        let result =
-            with_lease(&ctx.store, &*ctx.clock, claimed.id(), &self.id, ctx.lease, self.deliver(&claimed)).await;
+        let result = with_heartbeat(
+            &ctx.store,
+            &*ctx.clock,
+            Leased::Callback(claimed.id()),
+            &self.id,
+            ctx.lease,
+            self.deliver(&claimed),
+        )
+        .await;
         let now = ctx.clock.now_ms();
         if !ctx.store.finish_callback(&claimed, &self.id, &result, now).await? {
             tracing::warn!(callback = claimed.id(), "lease lost while delivering: another callbacker took it over");
@@ -156,34 +163,6 @@ impl Callbacker {
 impl Step for Callbacker {
     async fn step(&self) -> Result<bool, StoreError> {
         self.run_once().await
-    }
-}
-
-/// Runs `work` while renewing the lease on the callback every third of the lease, so that a slow ticketing
-/// system never makes another callbacker post the same callback while this one is still at it.
-async fn with_lease<T>(
-    store: &Store,
-    clock: &dyn Clock,
-    id: &str,
-    owner: &str,
-    lease: Duration,
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    tokio::pin!(work);
-    let mut ticker = tokio::time::interval(lease / 3);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = ticker.tick() => {
-                let until = later(clock.now_ms(), lease);
-                match store.extend_callback_lease(id, owner, until).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!("lease lost during the delivery; its result will be discarded"),
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
-                }
-            }
-        }
     }
 }
 

@@ -342,25 +342,6 @@ impl Store {
         )
     }
 
-    /// Extends `owner`'s lease on a callback while it is still delivering; false when the lease is no longer its own.
-    pub async fn extend_callback_lease(&self, id: &str, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
-        on_pool!(
-            self,
-            background | pool,
-            _begin | {
-                let done = sqlx::query(
-                    "UPDATE callbacks SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
-                )
-                .bind(until_ms)
-                .bind(id)
-                .bind(owner)
-                .execute(pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-        )
-    }
-
     pub async fn callback(&self, id: &str) -> Result<Option<CallbackRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM callbacks WHERE id = $1");
         on_pool!(self, |pool, _begin| {

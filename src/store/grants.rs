@@ -674,6 +674,8 @@ pub enum Leased<'a> {
     JobsOf(&'a str),
     /// Every event the owner is deciding.
     EventsOf(&'a str),
+    /// A callback being delivered.
+    Callback(&'a str),
 }
 
 impl Store {
@@ -692,6 +694,10 @@ impl Store {
             Leased::EventsOf(holder) => (
                 "UPDATE events SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3 AND state = 'deciding'",
                 holder.to_string(),
+            ),
+            Leased::Callback(id) => (
+                "UPDATE callbacks SET lease_until_ms = $1 WHERE lease_owner = $2 AND id = $3 AND state = 'running'",
+                id.to_string(),
             ),
             Leased::JobsOf(holder) => (
                 "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3 AND state = 'running'",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use grantbridge::callbacks::callback_id;
-use grantbridge::store::{CallbackResult, NewCallback};
+use grantbridge::store::{CallbackResult, Leased, NewCallback};
 
 use crate::both_backends;
 use crate::common::TestDb;
@@ -77,11 +77,11 @@ both_backends! {
         assert_eq!(again.callback.last_error.as_deref(), Some("jira answered 429"));
 
         // A callbacker that dies holding a callback loses it when the lease runs out; its late result is refused.
-        assert!(store.extend_callback_lease(b.id(), "b", 5_000 + 60_000).await.unwrap());
+        assert!(store.extend_lease(Leased::Callback(b.id()), "b", 5_000 + 60_000).await.unwrap());
         assert!(store.claim_callback("c", 5_000 + 30_001, LEASE).await.unwrap().is_none(), "an extended lease holds");
         let taken = store.claim_callback("c", 5_000 + 60_001, LEASE).await.unwrap().unwrap();
         assert_eq!((taken.id(), taken.attempts()), (b.id(), 3));
-        assert!(!store.extend_callback_lease(b.id(), "b", 200_000).await.unwrap());
+        assert!(!store.extend_lease(Leased::Callback(b.id()), "b", 200_000).await.unwrap());
         assert!(!store.finish_callback(&again, "b", &done, 70_000).await.unwrap());
 
         let dead = CallbackResult::Dead { error: "Jira offers no transition named `Done` on ACC-2".into() };
