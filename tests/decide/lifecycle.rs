@@ -633,3 +633,83 @@ both_backends! {
         assert_eq!(membership_adds(&fakes).await.len(), 3);
     }
 }
+
+const SUBSCRIPTION: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+/// Reader.
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+
+fn rbac_8h() -> String {
+    format!(
+        r#"
+[[policy.rules]]
+name = "rg-reader-8h"
+request_types = ["Permissions portal access"]
+default_duration = "8h"
+[[policy.rules.grants]]
+kind = "azure_rbac"
+scope = "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-portal"
+role_definition_id = "{READER}"
+label = "Reader on rg-portal"
+"#
+    )
+}
+
+/// ARM's role assignments on the Entra fake (the config's `arm_url`): PUT answers 201 with the assignment, DELETE
+/// answers 200 with the assignment it deleted, as documented for `Role Assignments - Delete`.
+async fn arm_accepts_assignments(fakes: &Fakes) {
+    let assignment = json!({
+        "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {
+            "roleDefinitionId": format!("/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{READER}"),
+            "principalId": RILEY_ID, "principalType": "User",
+            "scope": format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-portal"),
+        }
+    });
+    for (verb, status) in [("PUT", 201), ("DELETE", 200)] {
+        Mock::given(method(verb))
+            .and(path_regex(r"^/subscriptions/.+/providers/Microsoft\.Authorization/roleAssignments/[0-9a-f-]{36}$"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(assignment.clone()))
+            .mount(&fakes.entra)
+            .await;
+    }
+}
+
+async fn arm_writes(fakes: &Fakes, verb: &str) -> Vec<Request> {
+    writes(&fakes.entra)
+        .await
+        .into_iter()
+        .filter(|r| r.method.as_str() == verb && r.url.path().contains("/roleAssignments/"))
+        .collect()
+}
+
+both_backends! {
+    async fn an_eight_hour_azure_role_assignment_is_deleted_once_when_the_clock_passes_eight_hours(backend: Backend) {
+        let fakes = fakes().await;
+        jira_approves(&fakes).await;
+        arm_accepts_assignments(&fakes).await;
+        let (app, clock) = app_at(backend, &fakes, &rbac_8h()).await;
+        app.send("jira", jira_event("ACCESS-42", "10042", "Approved")).await;
+        run_all(&app).await;
+        let put = arm_writes(&fakes, "PUT").await;
+        assert_eq!(put.len(), 1);
+        assert_eq!(only_grant(&app.store, "ACCESS-42").await.state, "active");
+
+        clock.advance(8 * HOUR - HOUR / 60);
+        run_all(&app).await;
+        assert!(arm_writes(&fakes, "DELETE").await.is_empty(), "not before its end");
+
+        clock.advance(HOUR / 30);
+        run_all(&app).await;
+        let deletes = arm_writes(&fakes, "DELETE").await;
+        assert_eq!(deletes.len(), 1, "{deletes:?}");
+        assert_eq!(deletes[0].url.path(), put[0].url.path(), "the assignment that was made is the one deleted");
+        let grant = only_grant(&app.store, "ACCESS-42").await;
+        assert_eq!((grant.state.as_str(), grant.ended_reason.as_deref()), ("expired", Some("expired")));
+        assert_eq!(containing(&comments(&fakes).await, "has been removed").len(), 1);
+
+        clock.advance(24 * HOUR);
+        run_all(&app).await;
+        app.others.1.run_pending().await.unwrap();
+        assert_eq!(arm_writes(&fakes, "DELETE").await.len(), 1, "deleted once");
+    }
+}
