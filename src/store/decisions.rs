@@ -150,134 +150,135 @@ impl Store {
     /// record, whether it was kept (false: the lease was lost and that decision is discarded).
     pub async fn record_decisions(&self, records: &[DecisionRecord], owner: &str) -> Result<Vec<bool>, StoreError> {
         let withdrawable = format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE source = $1 AND ticket_key = $2 AND state IN ('pending', 'active')"
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE source = $1 AND ticket_key = $2 AND state IN
+             ('pending', 'active')"
         );
         on_pool!(
             self,
             background | pool,
-            begin
-                | {
-                    let mut tx = pool.begin_with(begin).await?;
-                    let mut kept = Vec::with_capacity(records.len());
-                    let mut queued_jobs = false;
-                    let mut audit = Vec::with_capacity(records.len());
-                    for record in records {
-                        let event_id = record.event.to_string();
-                        let decision = &record.decision;
-                        let source: Option<String> = sqlx::query_scalar(
-                            "UPDATE events SET state = $1, lease_owner = NULL, lease_until_ms = NULL
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let mut kept = Vec::with_capacity(records.len());
+                let mut queued_jobs = false;
+                let mut audit = Vec::with_capacity(records.len());
+                for record in records {
+                    let event_id = record.event.to_string();
+                    let decision = &record.decision;
+                    let source: Option<String> = sqlx::query_scalar(
+                        "UPDATE events SET state = $1, lease_owner = NULL, lease_until_ms = NULL
                          WHERE id = $2 AND lease_owner = $3 AND state = 'deciding'
                          RETURNING source",
-                        )
-                        .bind(record.state)
-                        .bind(&event_id)
-                        .bind(owner)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        kept.push(source.is_some());
-                        let Some(source) = source else { continue };
-                        audit.push(decision_entry(record, &source));
-                        let now = decision.decided_at_ms;
-                        // --- lifecycle: withdrawal ends the ticket's grants, shown on the decision ---
-                        let mut detail = decision.detail.clone();
-                        if let Some(w) = &record.withdraw {
-                            let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(withdrawable.clone()))
-                                .bind(&w.source)
-                                .bind(&w.ticket_key)
-                                .fetch_all(&mut *tx)
-                                .await?;
-                            let reason = format!("withdrawn: {}", w.action);
-                            let mut withdrawn = Vec::new();
-                            for g in rows.into_iter().map(grant_from).filter(|g| w.rules.contains(&g.rule)) {
-                                // Not executed yet: the grant job is cancelled and nothing is asked of Entra.
-                                let cancelled = sqlx::query(
-                                    "UPDATE jobs SET state = 'cancelled', last_error = $1, updated_at_ms = $2
+                    )
+                    .bind(record.state)
+                    .bind(&event_id)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    kept.push(source.is_some());
+                    let Some(source) = source else { continue };
+                    audit.push(decision_entry(record, &source));
+                    let now = decision.decided_at_ms;
+                    // --- lifecycle: withdrawal ends the ticket's grants, shown on the decision ---
+                    let mut detail = decision.detail.clone();
+                    if let Some(w) = &record.withdraw {
+                        let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(withdrawable.clone()))
+                            .bind(&w.source)
+                            .bind(&w.ticket_key)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        let reason = format!("withdrawn: {}", w.action);
+                        let mut withdrawn = Vec::new();
+                        for g in rows.into_iter().map(grant_from).filter(|g| w.rules.contains(&g.rule)) {
+                            // Not executed yet: the grant job is cancelled and nothing is asked of Entra.
+                            let cancelled = sqlx::query(
+                                "UPDATE jobs SET state = 'cancelled', last_error = $1, updated_at_ms = $2
                              WHERE grant_id = $3 AND kind = 'grant' AND state = 'queued'",
+                            )
+                            .bind(&reason)
+                            .bind(now)
+                            .bind(&g.id)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            let how = if cancelled == 1 && g.state == "pending" {
+                                sqlx::query(
+                                    "UPDATE grants SET state = 'revoked', ended_reason = $1, ended_by = $2,
+                                 ended_at_ms = $3, updated_at_ms = $3 WHERE id = $4",
                                 )
                                 .bind(&reason)
+                                .bind(SERVICE_ACTOR)
                                 .bind(now)
                                 .bind(&g.id)
                                 .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                                let how = if cancelled == 1 && g.state == "pending" {
-                                    sqlx::query(
-                                        "UPDATE grants SET state = 'revoked', ended_reason = $1, ended_by = $2,
-                                 ended_at_ms = $3, updated_at_ms = $3 WHERE id = $4",
-                                    )
-                                    .bind(&reason)
-                                    .bind(SERVICE_ACTOR)
-                                    .bind(now)
-                                    .bind(&g.id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                    audit.push(
-                                        AuditEntry::service(AuditKind::Revoked)
-                                            .source(g.source.clone())
-                                            .ticket(g.ticket_key.clone())
-                                            .event(g.event_id.clone())
-                                            .grant(g.id.clone())
-                                            .detail(serde_json::json!({
-                                                "reason": reason, "ended_by": SERVICE_ACTOR, "removed_upstream": false,
-                                                "cancelled_before_execution": true,
-                                            })),
-                                    );
-                                    "cancelled before it was executed"
-                                } else {
-                                    // Executed or executing: a revocation due now (one waiting for the expiry is
-                                    // brought forward; one already due keeps its reason).
-                                    sqlx::query(
-                                "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
+                                .await?;
+                                audit.push(
+                                    AuditEntry::service(AuditKind::Revoked)
+                                        .source(g.source.clone())
+                                        .ticket(g.ticket_key.clone())
+                                        .event(g.event_id.clone())
+                                        .grant(g.id.clone())
+                                        .detail(serde_json::json!({
+                                            "reason": reason, "ended_by": SERVICE_ACTOR, "removed_upstream": false,
+                                            "cancelled_before_execution": true,
+                                        })),
+                                );
+                                "cancelled before it was executed"
+                            } else {
+                                // Executed or executing: a revocation due now (one waiting for the expiry is
+                                // brought forward; one already due keeps its reason).
+                                sqlx::query(
+                                    "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
                                  updated_at_ms, reason, requested_by)
                                  VALUES ($1, $2, 'revoke', 'queued', $3, $3, $3, $4, $5)
                                  ON CONFLICT (grant_id, kind) DO UPDATE SET
                                  next_attempt_at_ms = excluded.next_attempt_at_ms, reason = excluded.reason,
                                  requested_by = excluded.requested_by, updated_at_ms = excluded.updated_at_ms
                                  WHERE jobs.state = 'queued' AND jobs.next_attempt_at_ms > excluded.next_attempt_at_ms",
-                            )
-                            .bind(uuid::Uuid::now_v7().to_string())
-                            .bind(&g.id)
-                            .bind(now)
-                            .bind(&reason)
-                            .bind(SERVICE_ACTOR)
-                            .execute(&mut *tx)
-                            .await?;
-                                    queued_jobs = true;
-                                    "revocation queued"
-                                };
-                                withdrawn.push(serde_json::json!({
-                                    "grant_id": g.id, "label": g.label, "rule": g.rule, "outcome": how,
-                                }));
-                            }
-                            if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(&detail) {
-                                fields.insert(
-                                    "withdrawn".to_string(),
-                                    serde_json::json!({ "action": w.action, "grants": withdrawn }),
-                                );
-                                detail = serde_json::Value::Object(fields).to_string();
-                            }
+                                )
+                                .bind(uuid::Uuid::now_v7().to_string())
+                                .bind(&g.id)
+                                .bind(now)
+                                .bind(&reason)
+                                .bind(SERVICE_ACTOR)
+                                .execute(&mut *tx)
+                                .await?;
+                                queued_jobs = true;
+                                "revocation queued"
+                            };
+                            withdrawn.push(serde_json::json!({
+                                "grant_id": g.id, "label": g.label, "rule": g.rule, "outcome": how,
+                            }));
                         }
-                        // --- end lifecycle ---
-                        // An event decided again (replayed by an operator) replaces its decision.
-                        sqlx::query(
-                            "INSERT INTO decisions (event_id, outcome, code, ticket_key, detail, decided_at_ms)
+                        if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(&detail) {
+                            fields.insert(
+                                "withdrawn".to_string(),
+                                serde_json::json!({ "action": w.action, "grants": withdrawn }),
+                            );
+                            detail = serde_json::Value::Object(fields).to_string();
+                        }
+                    }
+                    // --- end lifecycle ---
+                    // An event decided again (replayed by an operator) replaces its decision.
+                    sqlx::query(
+                        "INSERT INTO decisions (event_id, outcome, code, ticket_key, detail, decided_at_ms)
                          VALUES ($1, $2, $3, $4, $5, $6)
                          ON CONFLICT (event_id) DO UPDATE SET outcome = excluded.outcome, code = excluded.code,
                              ticket_key = excluded.ticket_key, detail = excluded.detail,
                              decided_at_ms = excluded.decided_at_ms",
-                        )
-                        .bind(&event_id)
-                        .bind(&decision.outcome)
-                        .bind(&decision.code)
-                        .bind(&decision.ticket_key)
-                        .bind(&detail)
-                        .bind(decision.decided_at_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                        for g in &record.grants {
-                            sqlx::query(
+                    )
+                    .bind(&event_id)
+                    .bind(&decision.outcome)
+                    .bind(&decision.code)
+                    .bind(&decision.ticket_key)
+                    .bind(&detail)
+                    .bind(decision.decided_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    for g in &record.grants {
+                        sqlx::query(
                             "INSERT INTO grants (id, event_id, source, ticket_key, rule, kind, target, label,
-                             principal_id, requested_duration_secs, state, created_at_ms, updated_at_ms, notify_before_secs)
+                             principal_id, requested_duration_secs, state, created_at_ms,
+                             updated_at_ms, notify_before_secs)
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $11, $12)
                              ON CONFLICT (id) DO NOTHING",
                         )
@@ -295,33 +296,33 @@ impl Store {
                         .bind(g.notify_before_secs)
                         .execute(&mut *tx)
                         .await?;
-                            sqlx::query(
-                                "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
+                        sqlx::query(
+                            "INSERT INTO jobs (id, grant_id, kind, state, next_attempt_at_ms, created_at_ms,
                              updated_at_ms, batch_key)
                              VALUES ($1, $2, 'grant', 'queued', $3, $3, $3, $4)
                              ON CONFLICT (grant_id, kind) DO NOTHING",
-                            )
-                            .bind(uuid::Uuid::now_v7().to_string())
-                            .bind(&g.id)
-                            .bind(now)
-                            .bind(&g.batch_key)
-                            .execute(&mut *tx)
-                            .await?;
-                            queued_jobs = true;
-                        }
+                        )
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind(&g.id)
+                        .bind(now)
+                        .bind(&g.batch_key)
+                        .execute(&mut *tx)
+                        .await?;
+                        queued_jobs = true;
                     }
-                    for (record, kept) in records.iter().zip(&kept) {
-                        if *kept && !record.callbacks.is_empty() {
-                            enqueue_callbacks(self, &mut tx, &record.callbacks, record.decision.decided_at_ms).await?;
-                        }
-                    }
-                    if queued_jobs {
-                        notify_replicas(self, &mut tx, WORK_JOBS).await?;
-                    }
-                    tx.append_audit(unix_millis(SystemTime::now()), &audit).await?;
-                    tx.commit().await?;
-                    Ok(kept)
                 }
+                for (record, kept) in records.iter().zip(&kept) {
+                    if *kept && !record.callbacks.is_empty() {
+                        enqueue_callbacks(self, &mut tx, &record.callbacks, record.decision.decided_at_ms).await?;
+                    }
+                }
+                if queued_jobs {
+                    notify_replicas(self, &mut tx, WORK_JOBS).await?;
+                }
+                tx.append_audit(unix_millis(SystemTime::now()), &audit).await?;
+                tx.commit().await?;
+                Ok(kept)
+            }
         )
     }
 
@@ -330,19 +331,19 @@ impl Store {
         on_pool!(
             self,
             background | pool,
-            _begin
-                | {
-                    sqlx::query(
-                "UPDATE events SET state = 'received', lease_owner = NULL, lease_until_ms = NULL, next_attempt_at_ms = $1
-                 WHERE id = $2 AND lease_owner = $3",
-            )
-            .bind(retry_at_ms)
-            .bind(event.to_string())
-            .bind(owner)
-            .execute(pool)
-            .await?;
-                    Ok(())
-                }
+            _begin | {
+                sqlx::query(
+                    "UPDATE events SET state = 'received', lease_owner = NULL, lease_until_ms = NULL,
+                     next_attempt_at_ms = $1
+                     WHERE id = $2 AND lease_owner = $3",
+                )
+                .bind(retry_at_ms)
+                .bind(event.to_string())
+                .bind(owner)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
         )
     }
 

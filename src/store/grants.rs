@@ -272,7 +272,8 @@ impl Store {
     async fn held_jobs(&self, owner: &str) -> Result<Vec<ClaimedJob>, StoreError> {
         let rows: Vec<HeldJobRow> = on_pool!(self, |pool, _begin| {
             sqlx::query_as(
-                "SELECT id, kind, attempts, batch_key, grant_id, reason, requested_by FROM jobs WHERE lease_owner = $1 AND state = 'running'
+                "SELECT id, kind, attempts, batch_key, grant_id, reason, requested_by FROM jobs
+                 WHERE lease_owner = $1 AND state = 'running'
                  ORDER BY next_attempt_at_ms, id",
             )
             .bind(owner)
@@ -344,37 +345,36 @@ impl Store {
         on_pool!(
             self,
             background | pool,
-            begin
-                | {
-                    let mut tx = pool.begin_with(begin).await?;
-                    let mut kept = Vec::with_capacity(outcomes.len());
-                    let mut notices: Vec<&ClaimedJob> = Vec::new();
-                    let mut ended: Vec<&ClaimedJob> = Vec::new();
-                    for (job, result) in outcomes {
-                        let (job_state, next_at, error) = match result {
-                            JobResult::Done { .. } => ("done", now_ms, None),
-                            JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
-                            JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
-                        };
-                        let updated = sqlx::query(
-                            "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let mut kept = Vec::with_capacity(outcomes.len());
+                let mut notices: Vec<&ClaimedJob> = Vec::new();
+                let mut ended: Vec<&ClaimedJob> = Vec::new();
+                for (job, result) in outcomes {
+                    let (job_state, next_at, error) = match result {
+                        JobResult::Done { .. } => ("done", now_ms, None),
+                        JobResult::Retry { at_ms, error } => ("queued", *at_ms, Some(error.as_str())),
+                        JobResult::Dead { error } => ("dead", now_ms, Some(error.as_str())),
+                    };
+                    let updated = sqlx::query(
+                        "UPDATE jobs SET state = $1, next_attempt_at_ms = $2, last_error = $3, lease_owner = NULL,
                          lease_until_ms = NULL, updated_at_ms = $4
                          WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
-                        )
-                        .bind(job_state)
-                        .bind(next_at)
-                        .bind(error)
-                        .bind(now_ms)
-                        .bind(&job.id)
-                        .bind(owner)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        kept.push(updated == 1);
-                        if updated != 1 {
-                            continue;
-                        }
-                        let grant_update = match result {
+                    )
+                    .bind(job_state)
+                    .bind(next_at)
+                    .bind(error)
+                    .bind(now_ms)
+                    .bind(&job.id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    kept.push(updated == 1);
+                    if updated != 1 {
+                        continue;
+                    }
+                    let grant_update = match result {
                         JobResult::Done { grant_state, upstream_id, expires_at_ms } => sqlx::query(
                             "UPDATE grants SET state = $1, upstream_id = COALESCE($2, upstream_id), expires_at_ms = $3,
                              last_error = NULL, updated_at_ms = $4
@@ -398,114 +398,115 @@ impl Store {
                                 .bind(error)
                         }
                     };
-                        grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
-                        // --- lifecycle: scheduling the end of a grant, and recording it (kinds revoke / expire) ---
-                        if let JobResult::Done { expires_at_ms, .. } = result {
-                            if job.kind == "grant" {
-                                if let Some(at) = expires_at_ms {
-                                    // PIM assignments end in Entra by themselves: the ledger only checks and marks them.
-                                    let end = if job.grant.kind.starts_with("pim_") { "expire" } else { "revoke" };
-                                    sqlx::query(INSERT_END_JOB)
-                                        .bind(uuid::Uuid::now_v7().to_string())
-                                        .bind(&job.grant.id)
-                                        .bind(end)
-                                        .bind(*at)
-                                        .bind(now_ms)
-                                        .bind(REASON_EXPIRED)
-                                        .bind(SERVICE_ACTOR)
-                                        .execute(&mut *tx)
-                                        .await?;
-                                    if job.grant.notify_before_secs.is_some() {
-                                        notices.push(job);
-                                    }
+                    grant_update.bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
+                    // --- lifecycle: scheduling the end of a grant, and recording it (kinds revoke / expire) ---
+                    if let JobResult::Done { expires_at_ms, .. } = result {
+                        if job.kind == "grant" {
+                            if let Some(at) = expires_at_ms {
+                                // PIM assignments end in Entra by themselves: the ledger only checks and marks them.
+                                let end = if job.grant.kind.starts_with("pim_") { "expire" } else { "revoke" };
+                                sqlx::query(INSERT_END_JOB)
+                                    .bind(uuid::Uuid::now_v7().to_string())
+                                    .bind(&job.grant.id)
+                                    .bind(end)
+                                    .bind(*at)
+                                    .bind(now_ms)
+                                    .bind(REASON_EXPIRED)
+                                    .bind(SERVICE_ACTOR)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                if job.grant.notify_before_secs.is_some() {
+                                    notices.push(job);
                                 }
-                            } else {
-                                sqlx::query(
-                                    "UPDATE grants SET ended_reason = COALESCE(ended_reason, $1),
+                            }
+                        } else {
+                            sqlx::query(
+                                "UPDATE grants SET ended_reason = COALESCE(ended_reason, $1),
                                  ended_by = COALESCE(ended_by, $2), ended_at_ms = COALESCE(ended_at_ms, $3)
                                  WHERE id = $4",
-                                )
-                                .bind(job.reason.as_deref().unwrap_or(REASON_EXPIRED))
-                                .bind(job.requested_by.as_deref().unwrap_or(SERVICE_ACTOR))
-                                .bind(now_ms)
-                                .bind(&job.grant.id)
-                                .execute(&mut *tx)
-                                .await?;
-                                // The grant has ended: its other end (an expiry after a withdrawal) and its notice go.
-                                sqlx::query(
+                            )
+                            .bind(job.reason.as_deref().unwrap_or(REASON_EXPIRED))
+                            .bind(job.requested_by.as_deref().unwrap_or(SERVICE_ACTOR))
+                            .bind(now_ms)
+                            .bind(&job.grant.id)
+                            .execute(&mut *tx)
+                            .await?;
+                            // The grant has ended: its other end (an expiry after a withdrawal) and its notice go.
+                            sqlx::query(
                                 "UPDATE jobs SET state = 'cancelled', updated_at_ms = $1
-                                 WHERE grant_id = $2 AND id <> $3 AND kind IN ('revoke', 'expire') AND state = 'queued'",
+                                 WHERE grant_id = $2 AND id <> $3 AND kind IN ('revoke', 'expire')
+                                 AND state = 'queued'",
                             )
                             .bind(now_ms)
                             .bind(&job.grant.id)
                             .bind(&job.id)
                             .execute(&mut *tx)
                             .await?;
-                                sqlx::query(CANCEL_NOTICE).bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
-                                ended.push(job);
-                            }
+                            sqlx::query(CANCEL_NOTICE).bind(now_ms).bind(&job.grant.id).execute(&mut *tx).await?;
+                            ended.push(job);
                         }
-                        // --- end lifecycle ---
                     }
-                    let finished = |(job, result): &&(&ClaimedJob, JobResult)| {
-                        !matches!(result, JobResult::Retry { .. }) && job.kind == "grant"
-                    };
-                    let mut events: Vec<&str> = outcomes
+                    // --- end lifecycle ---
+                }
+                let finished = |(job, result): &&(&ClaimedJob, JobResult)| {
+                    !matches!(result, JobResult::Retry { .. }) && job.kind == "grant"
+                };
+                let mut events: Vec<&str> = outcomes
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(o, k)| report.is_some() && **k && finished(o))
+                    .map(|((job, _), _)| job.grant.event_id.as_str())
+                    .collect();
+                events.sort_unstable();
+                events.dedup();
+                let mut callbacks = Vec::new();
+                for event_id in events {
+                    if let Some(lock_event) = lock_event {
+                        sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
+                    }
+                    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
+                        .bind(event_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
+                    if grants.iter().any(|g| g.state == "pending") {
+                        continue;
+                    }
+                    let detail: Option<String> = sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                        .bind(event_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let detail = detail.unwrap_or_default();
+                    if let Some(report) = report {
+                        callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
+                    }
+                }
+                let mut audit: Vec<AuditEntry> = Vec::new();
+                // --- Audit of `grant` jobs: `granted` or `failed` once a job is done or dead (not per retry).
+                audit.extend(
+                    outcomes
                         .iter()
                         .zip(&kept)
-                        .filter(|(o, k)| report.is_some() && **k && finished(o))
-                        .map(|((job, _), _)| job.grant.event_id.as_str())
-                        .collect();
-                    events.sort_unstable();
-                    events.dedup();
-                    let mut callbacks = Vec::new();
-                    for event_id in events {
-                        if let Some(lock_event) = lock_event {
-                            sqlx::query(lock_event).bind(event_id).fetch_optional(&mut *tx).await?;
-                        }
-                        let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grants_of_event.clone()))
-                            .bind(event_id)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                        let grants: Vec<GrantRecord> = rows.into_iter().map(grant_from).collect();
-                        if grants.iter().any(|g| g.state == "pending") {
-                            continue;
-                        }
-                        let detail: Option<String> =
-                            sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
-                                .bind(event_id)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                        let detail = detail.unwrap_or_default();
-                        if let Some(report) = report {
-                            callbacks.extend(report(Settled::Executed { decision_detail: &detail, grants: &grants }));
-                        }
-                    }
-                    let mut audit: Vec<AuditEntry> = Vec::new();
-                    // --- Audit of `grant` jobs: `granted` or `failed` once a job is done or dead (not per retry).
-                    audit.extend(
-                        outcomes
-                            .iter()
-                            .zip(&kept)
-                            .filter(|(_, kept)| **kept)
-                            .filter_map(|((job, result), _)| grant_job_entry(job, result, now_ms)),
-                    );
-                    // --- End of the audit of `grant` jobs.
-                    // --- lifecycle: ended grants (revoke / expire jobs) told to the ticket and audited ---
-                    let mut notice_times = Vec::new();
-                    for job in &ended {
-                        let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
-                            .bind(&job.grant.id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let Some(grant) = row.map(grant_from) else { continue };
-                        let kept_upstream = grant.ended_reason.as_deref().is_some_and(|r| r.contains(KEPT_NOTE));
-                        if !kept_upstream {
-                            // Removed upstream: a grant of the same access that became active meanwhile is added again.
-                            sqlx::query(
+                        .filter(|(_, kept)| **kept)
+                        .filter_map(|((job, result), _)| grant_job_entry(job, result, now_ms)),
+                );
+                // --- End of the audit of `grant` jobs.
+                // --- lifecycle: ended grants (revoke / expire jobs) told to the ticket and audited ---
+                let mut notice_times = Vec::new();
+                for job in &ended {
+                    let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
+                        .bind(&job.grant.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(grant) = row.map(grant_from) else { continue };
+                    let kept_upstream = grant.ended_reason.as_deref().is_some_and(|r| r.contains(KEPT_NOTE));
+                    if !kept_upstream {
+                        // Removed upstream: a grant of the same access that became active meanwhile is added again.
+                        sqlx::query(
                             "UPDATE jobs SET state = 'queued', next_attempt_at_ms = $1, attempts = 0, updated_at_ms = $1
                              WHERE kind = 'grant' AND state = 'done' AND grant_id IN (SELECT id FROM grants
-                               WHERE kind = $2 AND target = $3 AND principal_id = $4 AND id <> $5 AND state = 'active')",
+                               WHERE kind = $2 AND target = $3 AND principal_id = $4 AND id <> $5
+                               AND state = 'active')",
                         )
                         .bind(now_ms)
                         .bind(&grant.kind)
@@ -514,70 +515,70 @@ impl Store {
                         .bind(&grant.id)
                         .execute(&mut *tx)
                         .await?;
-                        }
-                        let kind = if grant.state == "expired" { AuditKind::Expired } else { AuditKind::Revoked };
-                        audit.push(
-                            AuditEntry::service(kind)
-                                .source(grant.source.clone())
-                                .ticket(grant.ticket_key.clone())
-                                .event(grant.event_id.clone())
-                                .grant(grant.id.clone())
-                                .detail(serde_json::json!({
-                                    "reason": grant.ended_reason,
-                                    "ended_by": grant.ended_by,
-                                    "removed_upstream": !kept_upstream,
-                                })),
-                        );
-                        if let Some(report) = report {
-                            let detail: Option<String> =
-                                sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
-                                    .bind(&grant.event_id)
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                            let detail = detail.unwrap_or_default();
-                            callbacks.extend(report(Settled::Revoked { decision_detail: &detail, grant: &grant }));
-                        }
                     }
-                    for job in notices {
-                        let Some(report) = report else { break };
-                        let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
-                            .bind(&job.grant.id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let Some(grant) = row.map(grant_from) else { continue };
-                        let (Some(expires), Some(lead)) = (grant.expires_at_ms, grant.notify_before_secs) else {
-                            continue;
-                        };
+                    let kind = if grant.state == "expired" { AuditKind::Expired } else { AuditKind::Revoked };
+                    audit.push(
+                        AuditEntry::service(kind)
+                            .source(grant.source.clone())
+                            .ticket(grant.ticket_key.clone())
+                            .event(grant.event_id.clone())
+                            .grant(grant.id.clone())
+                            .detail(serde_json::json!({
+                                "reason": grant.ended_reason,
+                                "ended_by": grant.ended_by,
+                                "removed_upstream": !kept_upstream,
+                            })),
+                    );
+                    if let Some(report) = report {
                         let detail: Option<String> =
                             sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
                                 .bind(&grant.event_id)
                                 .fetch_optional(&mut *tx)
                                 .await?;
                         let detail = detail.unwrap_or_default();
-                        let at = expires.saturating_sub(lead.saturating_mul(1000)).max(now_ms);
-                        for notice in report(Settled::Expiring { decision_detail: &detail, grant: &grant }) {
-                            notice_times.push((notice.id.clone(), at));
-                            callbacks.push(notice);
-                        }
+                        callbacks.extend(report(Settled::Revoked { decision_detail: &detail, grant: &grant }));
                     }
-                    // --- end lifecycle ---
-                    let added = enqueue_callbacks(self, &mut tx, &callbacks, now_ms).await?;
-                    for (id, at) in &notice_times {
-                        // A notice waits for its window; one already posted or under way is left alone.
-                        sqlx::query(
-                        "UPDATE callbacks SET next_attempt_at_ms = $1 WHERE id = $2 AND state = 'queued' AND attempts = 0",
+                }
+                for job in notices {
+                    let Some(report) = report else { break };
+                    let row: Option<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(grant_by_id.clone()))
+                        .bind(&job.grant.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(grant) = row.map(grant_from) else { continue };
+                    let (Some(expires), Some(lead)) = (grant.expires_at_ms, grant.notify_before_secs) else {
+                        continue;
+                    };
+                    let detail: Option<String> = sqlx::query_scalar("SELECT detail FROM decisions WHERE event_id = $1")
+                        .bind(&grant.event_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let detail = detail.unwrap_or_default();
+                    let at = expires.saturating_sub(lead.saturating_mul(1000)).max(now_ms);
+                    for notice in report(Settled::Expiring { decision_detail: &detail, grant: &grant }) {
+                        notice_times.push((notice.id.clone(), at));
+                        callbacks.push(notice);
+                    }
+                }
+                // --- end lifecycle ---
+                let added = enqueue_callbacks(self, &mut tx, &callbacks, now_ms).await?;
+                for (id, at) in &notice_times {
+                    // A notice waits for its window; one already posted or under way is left alone.
+                    sqlx::query(
+                        "UPDATE callbacks SET next_attempt_at_ms = $1
+                         WHERE id = $2 AND state = 'queued' AND attempts = 0",
                     )
                     .bind(*at)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    }
-                    if !audit.is_empty() {
-                        tx.append_audit(now_ms, &audit).await?;
-                    }
-                    tx.commit().await?;
-                    Ok((kept, added))
                 }
+                if !audit.is_empty() {
+                    tx.append_audit(now_ms, &audit).await?;
+                }
+                tx.commit().await?;
+                Ok((kept, added))
+            }
         )
     }
 
@@ -692,7 +693,8 @@ impl Store {
                 id.to_string(),
             ),
             Leased::EventsOf(holder) => (
-                "UPDATE events SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3 AND state = 'deciding'",
+                "UPDATE events SET lease_until_ms = $1 WHERE lease_owner = $2 AND lease_owner = $3
+                 AND state = 'deciding'",
                 holder.to_string(),
             ),
             Leased::Callback(id) => (

@@ -64,42 +64,40 @@ impl Store {
         on_pool!(
             self,
             background | pool,
-            begin
-                | {
-                    let mut tx = pool.begin_with(begin).await?;
-                    let held: Option<String> = sqlx::query_scalar(
-                        "SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-                    )
-                    .bind(&job.id)
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if held.is_none() {
-                        return Ok(SharedAccess::LeaseLost);
-                    }
-                    if lock {
-                        sqlx::query(LOCK_ACCESS)
-                            .bind(&g.kind)
-                            .bind(&g.target)
-                            .bind(&g.principal_id)
-                            .fetch_all(&mut *tx)
-                            .await?;
-                    }
-                    let keepers: Vec<(String, String)> = sqlx::query_as(KEEPERS)
+            begin | {
+                let mut tx = pool.begin_with(begin).await?;
+                let held: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND state = 'running'")
+                        .bind(&job.id)
+                        .bind(owner)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if held.is_none() {
+                    return Ok(SharedAccess::LeaseLost);
+                }
+                if lock {
+                    sqlx::query(LOCK_ACCESS)
                         .bind(&g.kind)
                         .bind(&g.target)
                         .bind(&g.principal_id)
-                        .bind(&g.id)
                         .fetch_all(&mut *tx)
                         .await?;
-                    let Some((keeper, ticket)) = keepers.into_iter().next() else {
-                        tx.commit().await?;
-                        return Ok(SharedAccess::Remove);
-                    };
-                    let note = format!("kept for grant {keeper} of ticket {ticket}");
-                    sqlx::query(
-                    "UPDATE grants SET state = $1, ended_reason = $2, ended_by = $3, ended_at_ms = $4, updated_at_ms = $4
-                     WHERE id = $5 AND state IN ('active', 'pending')",
+                }
+                let keepers: Vec<(String, String)> = sqlx::query_as(KEEPERS)
+                    .bind(&g.kind)
+                    .bind(&g.target)
+                    .bind(&g.principal_id)
+                    .bind(&g.id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let Some((keeper, ticket)) = keepers.into_iter().next() else {
+                    tx.commit().await?;
+                    return Ok(SharedAccess::Remove);
+                };
+                let note = format!("kept for grant {keeper} of ticket {ticket}");
+                sqlx::query(
+                    "UPDATE grants SET state = $1, ended_reason = $2, ended_by = $3, ended_at_ms = $4,
+                     updated_at_ms = $4 WHERE id = $5 AND state IN ('active', 'pending')",
                 )
                 .bind(state)
                 .bind(format!("{reason}; {note}"))
@@ -108,9 +106,9 @@ impl Store {
                 .bind(&g.id)
                 .execute(&mut *tx)
                 .await?;
-                    tx.commit().await?;
-                    Ok(SharedAccess::Kept { note })
-                }
+                tx.commit().await?;
+                Ok(SharedAccess::Kept { note })
+            }
         )
     }
 
