@@ -53,7 +53,45 @@ pub enum Store {
 pub struct SqliteStore {
     pub pool: SqlitePool,
     background: SqlitePool,
-    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    gate: std::sync::Arc<WriteGate>,
+}
+
+/// SQLite has one writer; the process's writers queue here for it. A write someone is waiting on (intake's commit
+/// before its 202s, an operator's action) goes before background work (claims, decisions, job outcomes) that finds
+/// one waiting: a burst of webhooks is acknowledged first and decided right after. Background work steps aside
+/// for at most [`BACKGROUND_YIELD`] per write, so that it is never starved.
+#[derive(Default)]
+pub(crate) struct WriteGate {
+    lock: tokio::sync::Mutex<()>,
+    foreground_waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// The longest background work steps aside for waiting foreground writes before it writes anyway.
+const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl WriteGate {
+    pub(crate) async fn foreground(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::sync::atomic::Ordering;
+        self.foreground_waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock.lock().await;
+        self.foreground_waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    pub(crate) async fn background(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::sync::atomic::Ordering;
+        let until = tokio::time::Instant::now() + BACKGROUND_YIELD;
+        loop {
+            let guard = self.lock.lock().await;
+            if self.foreground_waiting.load(Ordering::SeqCst) == 0 || tokio::time::Instant::now() >= until {
+                return guard;
+            }
+            // Released, the lock goes to the writer queued first. A foreground writer counted but not queued yet
+            // would find it free again at once: wait a moment (a busy loop here would hold the thread it runs on).
+            drop(guard);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,21 +128,23 @@ pub struct StoredEvent {
 
 /// Runs `$body` with `$pool` bound to the backend's pool and `$begin` to its write-transaction statement.
 /// The `write` form first takes the SQLite write gate, for anything that writes; `background` does too, for
-/// work that can be redone, on the connections that do not fsync.
+/// work that can be redone, on the connections that do not fsync, giving way to waiting `write`s ([`WriteGate`]).
 macro_rules! on_pool {
     ($store:expr, |$pool:ident, $begin:ident| $body:expr) => {
-        on_pool!(@run $store, pool, false, $pool, $begin, $body)
+        on_pool!(@run $store, pool, none, $pool, $begin, $body)
     };
     ($store:expr, background |$pool:ident, $begin:ident| $body:expr) => {
-        on_pool!(@run $store, background, true, $pool, $begin, $body)
+        on_pool!(@run $store, background, background, $pool, $begin, $body)
     };
     ($store:expr, write |$pool:ident, $begin:ident| $body:expr) => {
-        on_pool!(@run $store, pool, true, $pool, $begin, $body)
+        on_pool!(@run $store, pool, foreground, $pool, $begin, $body)
     };
-    (@run $store:expr, $sqlite_pool:ident, $gated:expr, $pool:ident, $begin:ident, $body:expr) => {
+    (@gate $sqlite:ident, none) => { None::<tokio::sync::MutexGuard<'_, ()>> };
+    (@gate $sqlite:ident, $turn:ident) => { Some($sqlite.gate.$turn().await) };
+    (@run $store:expr, $sqlite_pool:ident, $turn:ident, $pool:ident, $begin:ident, $body:expr) => {
         match $store {
             Store::Sqlite(sqlite) => {
-                let _writer = if $gated { Some(sqlite.gate.lock().await) } else { None };
+                let _writer = on_pool!(@gate sqlite, $turn);
                 let $pool = &sqlite.$sqlite_pool;
                 // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a failed upgrade.
                 let $begin = "BEGIN IMMEDIATE";
@@ -400,3 +440,47 @@ pub(crate) fn parse_event_id(s: &str) -> Result<EventId, StoreError> {
 }
 
 pub(crate) use on_pool;
+
+#[cfg(test)]
+mod write_gate_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::WriteGate;
+
+    #[tokio::test]
+    async fn a_waiting_foreground_write_goes_before_background_work_queued_ahead_of_it() {
+        let gate = Arc::new(WriteGate::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = gate.foreground().await;
+        let background = tokio::spawn({
+            let (gate, order) = (gate.clone(), order.clone());
+            async move {
+                let _turn = gate.background().await;
+                order.lock().unwrap().push("background");
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await; // the background task queues first
+        let foreground = tokio::spawn({
+            let (gate, order) = (gate.clone(), order.clone());
+            async move {
+                let _turn = gate.foreground().await;
+                order.lock().unwrap().push("foreground");
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        foreground.await.unwrap();
+        background.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["foreground", "background"]);
+    }
+
+    #[tokio::test]
+    async fn background_work_is_not_starved_by_a_foreground_writer_that_keeps_waiting() {
+        let gate = Arc::new(WriteGate::default());
+        // A foreground writer counted as waiting that never takes its turn.
+        gate.foreground_waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let took = tokio::time::timeout(Duration::from_secs(2), gate.background()).await;
+        assert!(took.is_ok(), "background work writes after at most the yield window");
+    }
+}
