@@ -126,3 +126,25 @@ pub fn settings_from(text: &str, db: &TestDb) -> Settings {
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
+
+/// Makes the store refuse (with an error, as a constraint would) every insert into `table` whose new row matches
+/// `condition` (SQL over `NEW`), on either backend: what a test uses to make one write of a batch fail.
+pub async fn refuse_inserts(store: &Store, table: &str, condition: &str) {
+    match store {
+        Store::Sqlite(sqlite) => {
+            let sql = format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {condition}
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&sqlite.pool).await.unwrap();
+        }
+        Store::Postgres(pool) => {
+            let sql = format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF {condition} THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+        }
+    }
+}

@@ -524,37 +524,12 @@ both_backends! {
     }
 }
 
-/// Makes the store refuse to record a decision about a ticket whose key holds `POISON`.
-async fn refuse_poisoned_decisions(store: &grantbridge::store::Store) {
-    match store {
-        grantbridge::store::Store::Sqlite(sqlite) => {
-            sqlx::raw_sql(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON decisions WHEN NEW.ticket_key LIKE '%POISON%'
-                 BEGIN SELECT RAISE(ABORT, 'poison refused'); END;",
-            )
-            .execute(&sqlite.pool)
-            .await
-            .unwrap();
-        }
-        grantbridge::store::Store::Postgres(pool) => {
-            sqlx::raw_sql(
-                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN IF NEW.ticket_key LIKE '%POISON%' THEN RAISE EXCEPTION 'poison refused'; END IF; RETURN NEW; END $$;
-                 CREATE TRIGGER refuse_poison BEFORE INSERT ON decisions FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-            )
-            .execute(pool)
-            .await
-            .unwrap();
-        }
-    }
-}
-
 both_backends! {
     async fn a_decision_the_store_refuses_does_not_hold_up_its_batch(backend: Backend) {
         let fakes = fakes().await;
         servicenow_reads(&fakes, "servicenow/table-ritm-approved.json").await;
         let app = spawn(backend, &fakes, "", "").await;
-        refuse_poisoned_decisions(&app.store).await;
+        crate::common::refuse_inserts(&app.store, "decisions", "NEW.ticket_key LIKE '%POISON%'").await;
         let mut poisoned = json_fixture("servicenow/ritm-approved.json");
         poisoned["number"] = json!("RITM-POISON-1");
         let poisoned = app.deliver_body("servicenow", poisoned.to_string()).await;

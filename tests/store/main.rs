@@ -174,36 +174,11 @@ async fn sqlite_is_in_wal_mode_with_full_sync() {
     assert_eq!(sync, 2, "synchronous=FULL: acknowledged events survive power loss");
 }
 
-async fn install_poison_trigger(store: &Store) {
-    match store {
-        Store::Sqlite(sqlite) => {
-            let pool = &sqlite.pool;
-            sqlx::raw_sql(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.body LIKE '%poison%'
-                 BEGIN SELECT RAISE(ABORT, 'poison refused'); END;",
-            )
-            .execute(pool)
-            .await
-            .unwrap();
-        }
-        Store::Postgres(pool) => {
-            sqlx::raw_sql(
-                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN IF NEW.body LIKE '%poison%' THEN RAISE EXCEPTION 'poison refused'; END IF; RETURN NEW; END $$;
-                 CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-            )
-            .execute(pool)
-            .await
-            .unwrap();
-        }
-    }
-}
-
 both_backends! {
     async fn one_refused_event_does_not_fail_the_rest_of_its_batch(backend: Backend) {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
-        install_poison_trigger(&store).await;
+        common::refuse_inserts(&store, "events", "NEW.body LIKE '%poison%'").await;
         let settings = grantbridge::config::IntakeSettings {
             max_batch: 64,
             queue_capacity: 64,
