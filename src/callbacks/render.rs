@@ -185,18 +185,8 @@ impl CallbackSettings {
 
     /// Access that is now in place, each grant with when it ends.
     pub fn for_granted(&self, ticket: &TicketRef, grants: &[GrantRecord]) -> Option<NewCallback> {
-        let key = grants_key(grants, true);
-        let values = Values {
-            principal: ticket.principal.clone().or_else(|| grants.first().map(|g| g.principal_id.clone())),
-            grants: grants
-                .iter()
-                .map(|g| format!("- {} ({}), {}", g.label, kind_text(&g.kind), grant_until(g)))
-                .collect(),
-            until: Some(common_until(grants)),
-            rules: grants.iter().map(|g| g.rule.clone()).collect(),
-            ..Values::default()
-        };
-        self.for_grants(ticket, Kind::Granted, grants, &key, &values)
+        let values = grant_values(ticket, grants, true);
+        self.for_grants(ticket, Kind::Granted, grants, &grants_key(grants, true), &values)
     }
 
     /// Grants that could not be made after every retry. `code` is a stable code (the provider's error code, e.g.
@@ -204,12 +194,9 @@ impl CallbackSettings {
     pub fn for_failed(&self, ticket: &TicketRef, grants: &[GrantRecord], code: &str) -> Option<NewCallback> {
         let code = stable_code(code);
         let values = Values {
-            principal: ticket.principal.clone().or_else(|| grants.first().map(|g| g.principal_id.clone())),
-            grants: grants.iter().map(|g| format!("- {} ({})", g.label, kind_text(&g.kind))).collect(),
             action: Some(failure_action(&code).to_string()),
             code: Some(code),
-            rules: grants.iter().map(|g| g.rule.clone()).collect(),
-            ..Values::default()
+            ..grant_values(ticket, grants, false)
         };
         self.for_grants(ticket, Kind::Failed, grants, &grants_key(grants, false), &values)
     }
@@ -218,27 +205,15 @@ impl CallbackSettings {
     /// "the request was withdrawn").
     pub fn for_revoked(&self, ticket: &TicketRef, grants: &[GrantRecord], reason: &str) -> Option<NewCallback> {
         let values = Values {
-            principal: ticket.principal.clone().or_else(|| grants.first().map(|g| g.principal_id.clone())),
-            grants: grants.iter().map(|g| format!("- {} ({})", g.label, kind_text(&g.kind))).collect(),
             reason: Some(shorten(reason.trim().trim_end_matches('.'))),
-            rules: grants.iter().map(|g| g.rule.clone()).collect(),
-            ..Values::default()
+            ..grant_values(ticket, grants, false)
         };
         self.for_grants(ticket, Kind::Revoked, grants, &grants_key(grants, false), &values)
     }
 
     /// A reminder that time-bound access ends soon.
     pub fn for_expiring(&self, ticket: &TicketRef, grants: &[GrantRecord]) -> Option<NewCallback> {
-        let values = Values {
-            principal: ticket.principal.clone().or_else(|| grants.first().map(|g| g.principal_id.clone())),
-            grants: grants
-                .iter()
-                .map(|g| format!("- {} ({}), {}", g.label, kind_text(&g.kind), grant_until(g)))
-                .collect(),
-            until: Some(common_until(grants)),
-            rules: grants.iter().map(|g| g.rule.clone()).collect(),
-            ..Values::default()
-        };
+        let values = grant_values(ticket, grants, true);
         self.for_grants(ticket, Kind::Expiring, grants, &grants_key(grants, true), &values)
     }
 
@@ -312,6 +287,25 @@ fn value(field: Field, ticket: &TicketRef, values: &Values) -> String {
 }
 
 /// Grant ids in order, with their expiry when it matters: a grant made again later with a new end is news.
+/// What every message about grants says: who receives the access, one line per grant (with when it ends, when
+/// `with_expiry`), and the rules that gave them.
+fn grant_values(ticket: &TicketRef, grants: &[GrantRecord], with_expiry: bool) -> Values {
+    let line = |g: &GrantRecord| {
+        if with_expiry {
+            format!("- {} ({}), {}", g.label, kind_text(&g.kind), grant_until(g))
+        } else {
+            format!("- {} ({})", g.label, kind_text(&g.kind))
+        }
+    };
+    Values {
+        principal: ticket.principal.clone().or_else(|| grants.first().map(|g| g.principal_id.clone())),
+        grants: grants.iter().map(line).collect(),
+        until: with_expiry.then(|| common_until(grants)),
+        rules: grants.iter().map(|g| g.rule.clone()).collect(),
+        ..Values::default()
+    }
+}
+
 fn grants_key(grants: &[GrantRecord], with_expiry: bool) -> String {
     let mut parts: Vec<String> = grants
         .iter()
@@ -442,22 +436,8 @@ pub(crate) fn utc_text(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::clock::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60)
-}
-
-/// A proleptic Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
