@@ -576,26 +576,22 @@ fn merge(
         Some(text) => Template::parse(text, kind).map_err(|e| ConfigError::at(format!("{at}.template"), e))?,
         None => base.template,
     };
-    let transition = match &over.transition {
-        Some(_) if system == Some(SourceKind::Servicenow) => {
-            return Err(ConfigError::at(
-                format!("{at}.transition"),
-                "a transition is made on Jira issues; for a ServiceNow source set `state`",
-            ));
-        }
-        Some(name) => check_transition(name).map_err(|e| ConfigError::at(format!("{at}.transition"), e))?,
-        None => base.transition,
-    };
-    let state = match &over.state {
-        Some(_) if system == Some(SourceKind::Jira) => {
-            return Err(ConfigError::at(
-                format!("{at}.state"),
-                "a state is set on ServiceNow records; for a Jira source set `transition`",
-            ));
-        }
-        Some(value) => check_state(value).map_err(|e| ConfigError::at(format!("{at}.state"), e))?,
-        None => base.state,
-    };
+    let transition = ticket_field(
+        &over.transition,
+        base.transition,
+        &format!("{at}.transition"),
+        check_transition,
+        (system == Some(SourceKind::Servicenow))
+            .then_some("a transition is made on Jira issues; for a ServiceNow source set `state`"),
+    )?;
+    let state = ticket_field(
+        &over.state,
+        base.state,
+        &format!("{at}.state"),
+        check_state,
+        (system == Some(SourceKind::Jira))
+            .then_some("a state is set on ServiceNow records; for a Jira source set `transition`"),
+    )?;
     Ok(KindSettings {
         enabled: over.enabled.unwrap_or(base.enabled),
         template,
@@ -603,6 +599,22 @@ fn merge(
         transition,
         state,
     })
+}
+
+/// An override of what one ticketing system alone has (a Jira transition, a ServiceNow state): refused with
+/// `wrong_system` on a source of the other system, else checked; absent, the base value stays.
+fn ticket_field(
+    value: &Option<String>,
+    base: Option<String>,
+    at: &str,
+    check: fn(&str) -> Result<Option<String>, String>,
+    wrong_system: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = value else { return Ok(base) };
+    if let Some(why) = wrong_system {
+        return Err(ConfigError::at(at.to_string(), why));
+    }
+    check(value).map_err(|e| ConfigError::at(at.to_string(), e))
 }
 
 fn check_transition(name: &str) -> Result<Option<String>, String> {
