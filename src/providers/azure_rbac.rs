@@ -37,7 +37,8 @@ pub fn role_assignment_name(scope: &str, role_definition_id: &str, principal_id:
 /// Role assignments with an app-only ARM token.
 #[derive(Debug, Clone)]
 pub struct AzureRbac {
-    caller: Caller,
+    /// Shared limits (calls in flight, Graph's write budget) are set on it by [`super::Providers`].
+    pub(super) caller: Caller,
     base_url: String,
 }
 
@@ -50,12 +51,6 @@ struct Assignment {
 }
 
 impl AzureRbac {
-    /// Shares `limit` with every other client of the same upstream: at most that many calls in flight.
-    pub fn with_limit(mut self, limit: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
-        self.caller.limit = Some(limit);
-        self
-    }
-
     /// `base_url` is [`DEFAULT_ARM_URL`] (or a fake's URL); the token is always for the ARM resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();

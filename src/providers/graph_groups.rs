@@ -40,7 +40,8 @@ const ALREADY_MEMBER: &str = "added object references already exist";
 /// Group membership writes with an app-only Graph token.
 #[derive(Debug, Clone)]
 pub struct GraphGroups {
-    caller: Caller,
+    /// Shared limits (calls in flight, Graph's write budget) are set on it by [`super::Providers`].
+    pub(super) caller: Caller,
     base_url: String,
     reference_base: String,
     cache: Arc<GroupCache>,
@@ -71,18 +72,6 @@ impl GroupCache {
 }
 
 impl GraphGroups {
-    /// Shares `limit` with every other client of the same upstream: at most that many calls in flight.
-    pub fn with_limit(mut self, limit: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
-        self.caller.limit = Some(limit);
-        self
-    }
-
-    /// Shares `budget` with every other writer to Microsoft Graph: each write waits for a token.
-    pub fn with_write_budget(mut self, budget: std::sync::Arc<crate::upstream::WriteBudget>) -> Self {
-        self.caller.budget = Some(budget);
-        self
-    }
-
     /// `base_url` is `https://graph.microsoft.com/v1.0` (a national cloud's Graph, or a fake's URL in tests); the
     /// token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {

@@ -134,9 +134,9 @@ impl Providers {
     /// of executors.
     pub fn with_concurrency(mut self, graph: usize, arm: usize) -> Self {
         let graph = std::sync::Arc::new(tokio::sync::Semaphore::new(graph.max(1)));
-        self.groups = self.groups.with_limit(graph.clone());
-        self.pim = self.pim.with_limit(graph);
-        self.rbac = self.rbac.with_limit(std::sync::Arc::new(tokio::sync::Semaphore::new(arm.max(1))));
+        self.groups.caller.limit = Some(graph.clone());
+        self.pim.caller.limit = Some(graph);
+        self.rbac.caller.limit = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(arm.max(1))));
         self
     }
 
@@ -144,8 +144,8 @@ impl Providers {
     /// documented write budget for the app, instead of learning it from 429s.
     pub fn with_graph_write_budget(mut self, writes: u32, window: Duration) -> Self {
         let budget = std::sync::Arc::new(crate::upstream::WriteBudget::new(writes, window));
-        self.groups = self.groups.with_write_budget(budget.clone());
-        self.pim = self.pim.with_write_budget(budget);
+        self.groups.caller.budget = Some(budget.clone());
+        self.pim.caller.budget = Some(budget);
         self
     }
 

@@ -28,7 +28,8 @@ const DOES_NOT_EXIST: &str = "RoleAssignmentDoesNotExist";
 /// PIM assignment requests with an app-only Graph token.
 #[derive(Debug, Clone)]
 pub struct Pim {
-    caller: Caller,
+    /// Shared limits (calls in flight, Graph's write budget) are set on it by [`super::Providers`].
+    pub(super) caller: Caller,
     base_url: String,
 }
 
@@ -48,18 +49,6 @@ impl Action {
 }
 
 impl Pim {
-    /// Shares `limit` with every other client of the same upstream: at most that many calls in flight.
-    pub fn with_limit(mut self, limit: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
-        self.caller.limit = Some(limit);
-        self
-    }
-
-    /// Shares `budget` with every other writer to Microsoft Graph: each write waits for a token.
-    pub fn with_write_budget(mut self, budget: std::sync::Arc<crate::upstream::WriteBudget>) -> Self {
-        self.caller.budget = Some(budget);
-        self
-    }
-
     /// `base_url` is the Graph v1.0 URL (or a fake's); the token is always for the Graph resource.
     pub fn new(http: reqwest::Client, base_url: impl Into<String>, tokens: Arc<TokenProvider>) -> Self {
         let base_url = base_url.into().trim_end_matches('/').to_owned();
